@@ -1,0 +1,1 @@
+"""The plan (versioned TOML) and pure rating of usage against it."""

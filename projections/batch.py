@@ -1,0 +1,157 @@
+"""Fold a batch of decoded records into state: dedupe, usage, licences and close barriers.
+
+The stream agent reads current state through a `StateView`, calls `fold_batch`, and writes what
+the `BatchResult` holds: one state write per key per batch, then the output records.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Protocol
+
+from billing.plan import Plan
+from projections.events import (
+    CloseMarkerSeen,
+    Decoded,
+    LicenceSnapshotTaken,
+    TenantRegistered,
+    UsageRecorded,
+)
+from projections.invoicing import close_month
+from projections.tenant import TenantState, apply_licence, apply_usage, stable_id
+from schemas.records import DeadLetter, InvoiceLine, MonthClosed, ThresholdCrossed
+
+
+class StateView(Protocol):
+    def tenant(self, tenant: str) -> TenantState | None: ...
+    def tenants_in(self, partition: int) -> Iterable[str]: ...
+    def seen(self, key: str) -> bool: ...
+    def barrier(self, key: str) -> tuple[str, ...]: ...
+    def partition_closed(self, partition: int) -> tuple[str, ...]: ...
+
+
+@dataclass
+class BatchResult:
+    tenants: dict[str, TenantState] = field(default_factory=dict)
+    seen: dict[str, str] = field(default_factory=dict)
+    barriers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    partition_closed: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    crossings: list[ThresholdCrossed] = field(default_factory=list)
+    lines: list[InvoiceLine] = field(default_factory=list)
+    closes: list[MonthClosed] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    # (service or record kind, outcome) -> count, for metrics and the accounting identity
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+class _Batch:
+    def __init__(self, view: StateView, plan: Plan, barrier_topics: frozenset[str]) -> None:
+        self.view = view
+        self.plan = plan
+        self.barrier_topics = barrier_topics
+        self.out = BatchResult()
+
+    def state(self, tenant: str, partition: int) -> TenantState:
+        found = self.out.tenants.get(tenant) or self.view.tenant(tenant)
+        if found is None:
+            # A tenant first seen after a close starts with that close already applied, so a
+            # late event for that month becomes an adjustment, not an unbilled month.
+            found = TenantState(
+                tenant=tenant, partition=partition, closed=self.closed_in(partition)
+            )
+        return found
+
+    def closed_in(self, partition: int) -> tuple[str, ...]:
+        if partition in self.out.partition_closed:
+            return self.out.partition_closed[partition]
+        return self.view.partition_closed(partition)
+
+    def usage(self, event: UsageRecorded) -> None:
+        key = event.dedupe_key
+        if key in self.out.seen or self.view.seen(key):
+            self.out.outcomes[(event.service.value, "duplicate")] += 1
+            return
+        self.out.seen[key] = event.month
+        state, crossings = apply_usage(
+            self.state(event.tenant, event.position.partition), event, self.plan
+        )
+        self.out.tenants[event.tenant] = state
+        self.out.crossings.extend(crossings)
+        self.out.outcomes[(event.service.value, "accepted")] += 1
+
+    def licence(self, event: LicenceSnapshotTaken) -> None:
+        state, crossings = apply_licence(
+            self.state(event.tenant, event.position.partition), event, self.plan
+        )
+        self.out.tenants[event.tenant] = state
+        self.out.crossings.extend(crossings)
+        self.out.outcomes[("licence", "accepted")] += 1
+
+    def registered(self, event: TenantRegistered) -> None:
+        state = self.state(event.tenant, event.position.partition)
+        self.out.tenants[event.tenant] = state.model_copy(
+            update={"company": event.company, "serial_number": event.serial_number}
+        )
+        self.out.outcomes[("registration", "accepted")] += 1
+
+    def marker(self, event: CloseMarkerSeen) -> None:
+        partition = event.position.partition
+        key = f"{event.close_id}\x1f{partition}"
+        before = self.out.barriers.get(key) or self.view.barrier(key)
+        if self.barrier_topics <= set(before):
+            return  # this close already took effect here
+        after = tuple(sorted({*before, event.position.topic}))
+        self.out.barriers[key] = after
+        if self.barrier_topics <= set(after):
+            self.close(event.close_id, event.month, partition)
+
+    def close(self, close_id: str, month: str, partition: int) -> None:
+        tenants = set(self.view.tenants_in(partition))
+        tenants.update(t for t, s in self.out.tenants.items() if s.partition == partition)
+        lines: list[InvoiceLine] = []
+        for tenant in sorted(tenants):
+            state, new = close_month(self.state(tenant, partition), month, close_id, self.plan)
+            self.out.tenants[tenant] = state
+            lines.extend(new)
+        closed = self.closed_in(partition)
+        if month not in closed:
+            self.out.partition_closed[partition] = tuple(sorted((*closed, month)))
+        self.out.lines.extend(lines)
+        self.out.closes.append(
+            MonthClosed(
+                id=stable_id("close", close_id, str(partition)),
+                close_id=close_id,
+                month=month,
+                partition=partition,
+                tenants=len(tenants),
+                lines=len(lines),
+                amount=sum((line.amount for line in lines), Decimal("0.00")),
+            )
+        )
+
+
+def fold_batch(
+    items: Sequence[Decoded | DeadLetter],
+    view: StateView,
+    plan: Plan,
+    barrier_topics: frozenset[str],
+) -> BatchResult:
+    """Apply records in log order; `barrier_topics` must all deliver a close marker in a
+    partition before the close takes effect there."""
+    batch = _Batch(view, plan, barrier_topics)
+    for item in items:
+        if isinstance(item, UsageRecorded):
+            batch.usage(item)
+        elif isinstance(item, LicenceSnapshotTaken):
+            batch.licence(item)
+        elif isinstance(item, TenantRegistered):
+            batch.registered(item)
+        elif isinstance(item, CloseMarkerSeen):
+            batch.marker(item)
+        else:
+            batch.out.dead_letters.append(item)
+            batch.out.outcomes[("rejected", item.reason)] += 1
+    return batch.out

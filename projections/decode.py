@@ -1,0 +1,175 @@
+"""Turn one raw record into a decoded event or a dead letter, judged against the log alone.
+
+"Future" and "too late" are measured from the record's log-append time, never the processing
+clock, so a replay rejects exactly what the first run rejected.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from billing.plan import Plan
+from projections.events import (
+    CloseMarkerSeen,
+    Decoded,
+    LicenceSnapshotTaken,
+    Position,
+    TenantRegistered,
+    UsageRecorded,
+)
+from projections.months import month_end, month_of
+from schemas.envelope import CloudEvent
+from schemas.licenses import LICENSES_CHANGED, TENANT_REGISTERED, LicensesChanged
+from schemas.licenses import TenantRegistered as TenantRegisteredData
+from schemas.records import CLOSE_REQUESTED, DeadLetter, MonthCloseRequested
+from schemas.usage import USAGE_TYPES, QuantityUsed, Service, StorageMeasured
+
+MAX_FUTURE = dt.timedelta(minutes=5)
+RETENTION = dt.timedelta(days=90)
+MAX_PAYLOAD_ECHO = 2048  # bytes of a rejected payload kept in its dead letter
+
+
+class Rejected(Exception):
+    def __init__(self, reason: str, field: str | None, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.field = field
+        self.detail = detail
+
+
+def _field_of(loc: tuple[int | str, ...], prefix: str = "") -> str:
+    return prefix + ".".join(str(p) for p in loc)
+
+
+def _validation(exc: ValidationError, prefix: str = "") -> Rejected:
+    first = exc.errors(include_url=False)[0]
+    field = _field_of(tuple(first["loc"]), prefix) or prefix.rstrip(".") or None
+    reason = "missing_field" if first["type"] == "missing" else "invalid_field"
+    detail = "; ".join(
+        f"{_field_of(tuple(e['loc']), prefix) or 'event'}: {e['msg']}"
+        for e in exc.errors(include_url=False)
+    )
+    return Rejected(reason, field, detail)
+
+
+def parse_envelope(value: bytes | None) -> CloudEvent:
+    """Parse and validate the envelope only; raises Rejected."""
+    if not value:
+        raise Rejected("empty", None, "empty message")
+    try:
+        obj: Any = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise Rejected("bad_json", None, f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise Rejected("bad_json", None, "a CloudEvent must be a JSON object")
+    try:
+        return CloudEvent.model_validate(obj)
+    except ValidationError as exc:
+        raise _validation(exc) from None
+
+
+def _check_time(event: CloudEvent, month: str, log_time: dt.datetime, plan: Plan) -> None:
+    if event.time > log_time + MAX_FUTURE:
+        raise Rejected(
+            "future",
+            "time",
+            f"time {event.time.isoformat()} is more than 5 minutes after the record entered "
+            f"the log ({log_time.isoformat()})",
+        )
+    if log_time >= month_end(month, plan.zone) + RETENTION:
+        raise Rejected(
+            "too_late",
+            "time",
+            f"usage month {month} is past its retention window (month end + 90 days)",
+        )
+
+
+def _usage(event: CloudEvent, service: Service, position: Position, plan: Plan) -> UsageRecorded:
+    month = month_of(event.time, plan.zone)
+    if plan.version_for(month) is None:
+        raise Rejected("no_plan", "time", f"no plan version is in force for {month}")
+    _check_time(event, month, position.log_time, plan)
+    try:
+        if service is Service.STORAGE:
+            amount = StorageMeasured.model_validate(event.data).bytes
+        else:
+            amount = QuantityUsed.model_validate(event.data).quantity
+    except ValidationError as exc:
+        raise _validation(exc, "data.") from None
+    return UsageRecorded(
+        tenant=event.subject,
+        service=service,
+        month=month,
+        amount=amount,
+        source=event.source,
+        id=event.id,
+        time=event.time,
+        position=position,
+    )
+
+
+def _licence(event: CloudEvent, position: Position) -> Decoded:
+    try:
+        if event.type == LICENSES_CHANGED:
+            snapshot = LicensesChanged.model_validate(event.data)
+            return LicenceSnapshotTaken(
+                tenant=event.subject, time=event.time, users=snapshot.users, position=position
+            )
+        registered = TenantRegisteredData.model_validate(event.data)
+    except ValidationError as exc:
+        raise _validation(exc, "data.") from None
+    return TenantRegistered(
+        tenant=event.subject,
+        company=registered.company,
+        serial_number=registered.serial_number,
+        position=position,
+    )
+
+
+def _close(event: CloudEvent, position: Position) -> CloseMarkerSeen:
+    try:
+        command = MonthCloseRequested.model_validate(event.data)
+    except ValidationError as exc:
+        raise _validation(exc, "data.") from None
+    return CloseMarkerSeen(close_id=command.close_id, month=command.month, position=position)
+
+
+LICENCE_TYPES = (LICENSES_CHANGED, TENANT_REGISTERED)
+
+
+def decode(value: bytes | None, position: Position, plan: Plan) -> Decoded | DeadLetter:
+    """Decode a record of `usage-events` or `licenses` (by the event's type)."""
+    try:
+        event = parse_envelope(value)
+        if event.type == CLOSE_REQUESTED:
+            return _close(event, position)
+        service = USAGE_TYPES.get(event.type)
+        if service is not None:
+            return _usage(event, service, position, plan)
+        if event.type in LICENCE_TYPES:
+            return _licence(event, position)
+        raise Rejected("unknown_type", "type", f"unknown event type {event.type!r}")
+    except Rejected as rejected:
+        return dead_letter(value, position, rejected)
+
+
+def payload_text(value: bytes | None) -> str:
+    raw = (value or b"")[:MAX_PAYLOAD_ECHO]
+    return raw.decode("utf-8", errors="backslashreplace")
+
+
+def dead_letter(value: bytes | None, position: Position, rejected: Rejected) -> DeadLetter:
+    return DeadLetter(
+        id=f"{position.topic}/{position.partition}/{position.offset}",
+        topic=position.topic,
+        partition=position.partition,
+        offset=position.offset,
+        reason=rejected.reason,
+        field=rejected.field,
+        detail=rejected.detail[:1000],
+        payload=payload_text(value),
+    )

@@ -1,0 +1,71 @@
+"""Decoded input events, as the folds see them (past-tense, frozen)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pydantic import BaseModel, ConfigDict
+
+from schemas.usage import Service
+
+
+class Position(BaseModel):
+    """Where a record sits in the log: provenance for every decision made from it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    topic: str
+    partition: int
+    offset: int
+    log_time: dt.datetime
+
+
+class UsageRecorded(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    tenant: str
+    service: Service
+    month: str
+    amount: int  # bytes for storage (a level), a count otherwise (an increment)
+    source: str
+    id: str
+    time: dt.datetime
+    position: Position
+
+    @property
+    def dedupe_key(self) -> str:
+        return dedupe_key(self.tenant, self.source, self.id)
+
+
+class LicenceSnapshotTaken(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    tenant: str
+    time: dt.datetime
+    users: int
+    position: Position
+
+
+class TenantRegistered(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    tenant: str
+    company: str
+    serial_number: str
+    position: Position
+
+
+class CloseMarkerSeen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    close_id: str
+    month: str
+    position: Position
+
+
+def dedupe_key(tenant: str, source: str, id_: str) -> str:
+    # Unit separator: cannot appear in the ids the envelope accepts without being escaped.
+    return f"{tenant}\x1f{source}\x1f{id_}"
+
+
+Decoded = UsageRecorded | LicenceSnapshotTaken | TenantRegistered | CloseMarkerSeen

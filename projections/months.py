@@ -1,0 +1,37 @@
+"""Calendar months in the billing time zone, as "YYYY-MM" strings."""
+
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+
+def month_of(time: dt.datetime, zone: ZoneInfo) -> str:
+    return time.astimezone(zone).strftime("%Y-%m")
+
+
+def month_start(month: str, zone: ZoneInfo) -> dt.datetime:
+    return dt.datetime(int(month[:4]), int(month[5:7]), 1, tzinfo=zone)
+
+
+def next_month(month: str) -> str:
+    year, mon = int(month[:4]), int(month[5:7])
+    return f"{year + mon // 12:04d}-{mon % 12 + 1:02d}"
+
+
+def previous_month(month: str) -> str:
+    year, mon = int(month[:4]), int(month[5:7])
+    return f"{year - (mon == 1):04d}-{(mon - 2) % 12 + 1:02d}"
+
+
+def month_end(month: str, zone: ZoneInfo) -> dt.datetime:
+    return month_start(next_month(month), zone)
+
+
+def parse_month(text: str) -> str:
+    """Validate "YYYY-MM"; raises ValueError with a readable reason."""
+    try:
+        parsed = dt.datetime.strptime(text, "%Y-%m")
+    except ValueError:
+        raise ValueError(f"{text!r} is not a month; expected YYYY-MM, e.g. 2026-10") from None
+    return parsed.strftime("%Y-%m")

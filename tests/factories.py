@@ -1,0 +1,75 @@
+"""Builders for decoded events and raw CloudEvents, shared by unit and integration tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from typing import Any
+
+from projections.events import LicenceSnapshotTaken, Position, UsageRecorded
+from schemas.usage import Service
+
+UTC = dt.UTC
+_offsets = itertools.count()
+
+TYPE_OF = {
+    Service.STORAGE: "metering.storage.measured",
+    Service.MAILING: "metering.mailing.sent",
+    Service.CUSTOMER_CENTER: "metering.customer_center.login",
+    Service.CHAT: "metering.chat.started",
+    Service.FORM: "metering.form.submitted",
+}
+
+
+def position(partition: int = 0, topic: str = "usage-events", log_time: dt.datetime | None = None):
+    return Position(
+        topic=topic,
+        partition=partition,
+        offset=next(_offsets),
+        log_time=log_time or dt.datetime(2026, 11, 1, tzinfo=UTC),
+    )
+
+
+def usage(
+    service: Service,
+    amount: int,
+    *,
+    tenant: str = "t1",
+    month: str = "2026-10",
+    day: int = 10,
+    source: str = "crm",
+    id: str | None = None,
+    partition: int = 0,
+) -> UsageRecorded:
+    return UsageRecorded(
+        tenant=tenant,
+        service=service,
+        month=month,
+        amount=amount,
+        source=source,
+        id=id or f"e{next(_offsets)}",
+        time=dt.datetime(int(month[:4]), int(month[5:]), day, 12, tzinfo=UTC),
+        position=position(partition),
+    )
+
+
+def licence(
+    users: int, when: dt.datetime, *, tenant: str = "t1", partition: int = 0
+) -> LicenceSnapshotTaken:
+    return LicenceSnapshotTaken(
+        tenant=tenant, time=when, users=users, position=position(partition, "licenses")
+    )
+
+
+def cloudevent(
+    type_: str, data: dict[str, Any], *, tenant: str = "t1", time: str, id: str, source: str = "crm"
+) -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "id": id,
+        "source": source,
+        "type": type_,
+        "subject": tenant,
+        "time": time,
+        "data": data,
+    }

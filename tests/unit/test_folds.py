@@ -1,0 +1,221 @@
+"""Pure folds: usage sums and peaks, dedupe, users of a month, crossings, close and adjustments."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from billing.plan import load_plan
+from projections.batch import fold_batch
+from projections.events import CloseMarkerSeen, Position
+from projections.memory import MemoryState
+from projections.tenant import Snapshot, users_in_month
+from schemas.usage import Service
+from tests.factories import licence, usage
+
+PLAN = load_plan()
+UTC = dt.UTC
+BARRIER = frozenset({"usage-events", "licenses"})
+GB = 10**9
+
+
+def run(*batches: list) -> tuple[MemoryState, list]:  # type: ignore[type-arg]
+    """Fold batches in order and return the final state and every output record."""
+    state = MemoryState()
+    outputs: list = []  # type: ignore[type-arg]
+    for items in batches:
+        result = fold_batch(items, state, PLAN, BARRIER)
+        state.commit(result)
+        outputs.extend(result.crossings + result.lines + result.closes + result.dead_letters)
+    return state, outputs
+
+
+def close(month: str, close_id: str = "c1", partition: int = 0) -> list[CloseMarkerSeen]:
+    at = dt.datetime(2026, 11, 5, tzinfo=UTC)
+    return [
+        CloseMarkerSeen(
+            close_id=close_id,
+            month=month,
+            position=Position(topic=topic, partition=partition, offset=0, log_time=at),
+        )
+        for topic in sorted(BARRIER)
+    ]
+
+
+def values(state: MemoryState, tenant: str = "t1", month: str = "2026-10") -> dict[str, int]:
+    return {s.value: u.value for s, u in state.tenants[tenant].usage.get(month, {}).items()}
+
+
+events = st.lists(
+    st.tuples(
+        st.sampled_from(list(Service)),
+        st.integers(min_value=1, max_value=10**6),
+        st.sampled_from(["a", "b"]),  # source
+        st.integers(min_value=0, max_value=30),  # id: collisions make duplicates
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(events=events, data=st.data())
+def test_usage_is_independent_of_order_and_duplicates(events: list, data: st.DataObject) -> None:  # type: ignore[type-arg]
+    # The first occurrence of an identity wins, so fix each identity's amount up front:
+    # a redelivered event carries the same data as the original.
+    amount_of: dict[tuple[str, int], tuple[Service, int]] = {}
+    for service, amount, source, n in events:
+        amount_of.setdefault((source, n), (service, amount))
+    decoded = [
+        usage(amount_of[(src, n)][0], amount_of[(src, n)][1], source=src, id=str(n))
+        for _, _, src, n in events
+    ]
+    shuffled = data.draw(st.permutations(decoded))
+    once = [usage(s, a, source=src, id=str(n)) for (src, n), (s, a) in amount_of.items()]
+    first, _ = run(decoded)
+    second, _ = run(shuffled[: len(shuffled) // 2], shuffled[len(shuffled) // 2 :])
+    third, _ = run(once, once)  # everything delivered twice
+    if not decoded:
+        return
+    assert values(first) == values(second) == values(third)
+    expected: dict[str, int] = {}
+    for service, amount in amount_of.values():
+        if service is Service.STORAGE:
+            expected["storage"] = max(expected.get("storage", 0), amount)
+        else:
+            expected[service.value] = expected.get(service.value, 0) + amount
+    assert values(first) == expected
+
+
+def test_same_id_from_two_sources_counts_twice() -> None:
+    state, _ = run(
+        [usage(Service.CHAT, 5, source="a", id="1"), usage(Service.CHAT, 7, source="b", id="1")]
+    )
+    assert values(state) == {"chat": 12}
+
+
+def test_storage_is_billed_on_its_peak() -> None:
+    state, _ = run([usage(Service.STORAGE, 180 * GB), usage(Service.STORAGE, 20 * GB, day=20)])
+    assert values(state) == {"storage": 180 * GB}
+
+
+def test_users_in_month_counts_snapshot_in_force_at_start() -> None:
+    snaps = (
+        Snapshot(time=dt.datetime(2026, 9, 1, tzinfo=UTC), users=120),
+        Snapshot(time=dt.datetime(2026, 9, 20, tzinfo=UTC), users=40),
+        Snapshot(time=dt.datetime(2026, 10, 15, tzinfo=UTC), users=60),
+        Snapshot(time=dt.datetime(2026, 10, 20, tzinfo=UTC), users=30),
+        Snapshot(time=dt.datetime(2026, 11, 1, tzinfo=UTC), users=200),
+    )
+    assert users_in_month(snaps, "2026-09", PLAN) == 120
+    assert users_in_month(snaps, "2026-10", PLAN) == 60
+    assert users_in_month(snaps, "2026-11", PLAN) == 200
+    assert users_in_month((), "2026-10", PLAN) == 0
+
+
+def test_crossings_warning_exceeded_packages_once_each() -> None:
+    batch = [
+        usage(Service.MAILING, 12_749),  # 84.99 %: nothing
+        usage(Service.MAILING, 1),  # 12,750 = 85 %: warning
+        usage(Service.MAILING, 2_250),  # 15,000 = included: nothing new
+        usage(Service.MAILING, 1),  # 15,001: exceeded (package 1 starts)
+        usage(Service.MAILING, 50_000),  # 65,001: package 2
+        usage(Service.MAILING, 10),
+    ]
+    _, outputs = run(batch[:3], batch[3:])
+    assert [(c.level, c.package, c.usage) for c in outputs] == [
+        ("warning", None, 12_750),
+        ("exceeded", None, 15_001),
+        ("package", 2, 65_001),
+    ]
+    _, again = run(batch, batch)
+    assert len(again) == 3  # redelivery decides nothing new
+
+
+def test_one_event_can_reach_several_levels() -> None:
+    _, outputs = run([usage(Service.FORM, 3_500)])
+    assert [(c.level, c.package) for c in outputs] == [
+        ("warning", None),
+        ("exceeded", None),
+        ("package", 3),
+    ]
+
+
+def test_close_bills_packages_and_is_idempotent() -> None:
+    batch = [
+        licence(60, dt.datetime(2026, 9, 1, tzinfo=UTC)),  # band 2 for all of October
+        usage(Service.STORAGE, 151 * GB),  # 100 GB included, 51 over: 2 packages
+        usage(Service.CHAT, 1_999),  # 2,000 included: none
+        usage(Service.FORM, 2_001),  # 2,000 included: 1 package
+    ]
+    state, outputs = run(batch, close("2026-10"), close("2026-10"), close("2026-10", "c2"))
+    lines = [o for o in outputs if getattr(o, "kind", None)]
+    got = [(ln.service.value, ln.packages, ln.amount, ln.invoice_month, ln.users) for ln in lines]
+    assert got == [
+        ("form", 1, Decimal("32.40"), "2026-11", 60),
+        ("storage", 2, Decimal("64.80"), "2026-11", 60),
+    ]
+    storage = lines[1]
+    assert (storage.usage, storage.included, storage.unit) == (Decimal(151), Decimal(100), "GB")
+    assert storage.provenance.events == 1
+    assert state.tenants["t1"].closed == ("2026-10",)
+
+
+def test_close_waits_for_every_barrier_topic() -> None:
+    markers = close("2026-10")
+    _, outputs = run([usage(Service.FORM, 2_001)], markers[:1])
+    assert not [o for o in outputs if getattr(o, "kind", None)]
+    _, outputs = run([usage(Service.FORM, 2_001)], markers[:1], markers[1:])
+    assert [o.amount for o in outputs if getattr(o, "kind", None)] == [Decimal("64.80")]
+
+
+def test_mid_month_seat_change_raises_the_band() -> None:
+    batch = [
+        licence(40, dt.datetime(2026, 9, 1, tzinfo=UTC)),
+        usage(Service.CUSTOMER_CENTER, 1_500),
+        licence(55, dt.datetime(2026, 10, 20, tzinfo=UTC)),
+        licence(45, dt.datetime(2026, 10, 25, tzinfo=UTC)),
+    ]
+    _, outputs = run(batch, close("2026-10"))
+    lines = [o for o in outputs if getattr(o, "kind", None)]
+    assert lines == []  # 55 users at some moment: band 2, 2,000 included
+
+
+def test_late_event_gives_adjustment_and_leaves_closed_lines_alone() -> None:
+    first = [usage(Service.FORM, 2_500)]
+    late = [usage(Service.FORM, 600, id="late")]  # 3,100 logins: 3 packages instead of 2
+    _state, outputs = run(first, close("2026-10", "c1"), late, close("2026-11", "c2"))
+    lines = [o for o in outputs if getattr(o, "kind", None)]
+    got = [(ln.kind, ln.usage_month, ln.invoice_month, ln.packages, ln.amount) for ln in lines]
+    assert got == [
+        ("overage", "2026-10", "2026-11", 2, Decimal("64.80")),
+        ("adjustment", "2026-10", "2026-12", 1, Decimal("32.40")),
+    ]
+    assert lines[0].id != lines[1].id
+
+
+def test_tenant_first_seen_after_close_is_adjusted_not_forgotten() -> None:
+    late = [usage(Service.FORM, 1_001, tenant="newcomer")]
+    _, outputs = run([usage(Service.CHAT, 1)], close("2026-10"), late, close("2026-11", "c2"))
+    lines = [o for o in outputs if getattr(o, "kind", None)]
+    assert [(ln.tenant, ln.kind, ln.usage_month, ln.amount) for ln in lines] == [
+        ("newcomer", "adjustment", "2026-10", Decimal("32.40"))
+    ]
+
+
+def test_usage_going_down_gives_negative_adjustment() -> None:
+    # A storage peak never goes down, but an older licence snapshot that arrives late can
+    # raise the band of a closed month: the refund is an adjustment line.
+    _state, outputs = run(
+        [usage(Service.FORM, 1_500)],
+        close("2026-10"),
+        [licence(60, dt.datetime(2026, 10, 2, tzinfo=UTC))],
+        close("2026-11", "c2"),
+    )
+    lines = [o for o in outputs if getattr(o, "kind", None)]
+    assert [(ln.kind, ln.packages, ln.amount) for ln in lines] == [
+        ("overage", 1, Decimal("32.40")),
+        ("adjustment", -1, Decimal("-32.40")),
+    ]
