@@ -36,7 +36,7 @@ class StateView(Protocol):
 @dataclass
 class BatchResult:
     tenants: dict[str, TenantState] = field(default_factory=dict)
-    seen: dict[str, str] = field(default_factory=dict)
+    seen: dict[str, tuple[int, str]] = field(default_factory=dict)  # key -> (partition, month)
     barriers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     partition_closed: dict[int, tuple[str, ...]] = field(default_factory=dict)
     crossings: list[ThresholdCrossed] = field(default_factory=list)
@@ -74,7 +74,7 @@ class _Batch:
         if key in self.out.seen or self.view.seen(key):
             self.out.outcomes[(event.service.value, "duplicate")] += 1
             return
-        self.out.seen[key] = event.month
+        self.out.seen[key] = (event.position.partition, event.month)
         state, crossings = apply_usage(
             self.state(event.tenant, event.position.partition), event, self.plan
         )

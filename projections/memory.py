@@ -33,6 +33,6 @@ class MemoryState:
 
     def commit(self, result: BatchResult) -> None:
         self.tenants.update(result.tenants)
-        self.seen_keys.update(result.seen)
+        self.seen_keys.update({key: month for key, (_, month) in result.seen.items()})
         self.barriers.update(result.barriers)
         self.closed.update(result.partition_closed)

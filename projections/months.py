@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from zoneinfo import ZoneInfo
 
 
-def month_of(time: dt.datetime, zone: ZoneInfo) -> str:
+def month_of(time: dt.datetime, zone: dt.tzinfo) -> str:
     return time.astimezone(zone).strftime("%Y-%m")
 
 
-def month_start(month: str, zone: ZoneInfo) -> dt.datetime:
+def month_start(month: str, zone: dt.tzinfo) -> dt.datetime:
     return dt.datetime(int(month[:4]), int(month[5:7]), 1, tzinfo=zone)
 
 
@@ -24,7 +23,7 @@ def previous_month(month: str) -> str:
     return f"{year - (mon == 1):04d}-{(mon - 2) % 12 + 1:02d}"
 
 
-def month_end(month: str, zone: ZoneInfo) -> dt.datetime:
+def month_end(month: str, zone: dt.tzinfo) -> dt.datetime:
     return month_start(next_month(month), zone)
 
 
@@ -35,3 +34,10 @@ def parse_month(text: str) -> str:
     except ValueError:
         raise ValueError(f"{text!r} is not a month; expected YYYY-MM, e.g. 2026-10") from None
     return parsed.strftime("%Y-%m")
+
+
+def auto_close_due(now: dt.datetime, grace: dt.timedelta, zone: dt.tzinfo) -> str | None:
+    """The month an automatic close should request at `now`: the previous month, once its
+    grace period after month end has passed."""
+    month = previous_month(month_of(now, zone))
+    return month if now >= month_end(month, zone) + grace else None

@@ -1,0 +1,272 @@
+"""`metering`: run the local stack and workers, send events, close months, query results."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sys
+import time
+import uuid
+from collections.abc import Coroutine
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+
+from billing.plan import Plan, PlanError, load_plan
+from metering.render import FORMATS, render
+from metering.settings import Settings, SettingsError, load_settings
+from projections.months import month_of, next_month, parse_month, previous_month
+
+T = TypeVar("T")
+
+LINE_COLUMNS = (
+    "invoice_month", "usage_month", "tenant", "service", "kind", "usage", "unit", "users",
+    "included", "packages", "unit_price", "amount", "currency", "plan_version", "id",
+    "provenance_events", "provenance_partition", "provenance_first_offset",
+    "provenance_last_offset", "provenance_close_id",
+)  # fmt: skip
+CROSSING_COLUMNS = (
+    "usage_month", "tenant", "service", "level", "package", "usage", "included", "users",
+    "crossed_at", "crossed_by", "id",
+)  # fmt: skip
+# The terminal table shows what a reader checks; JSON and CSV carry every column.
+LINE_TABLE_COLUMNS = (
+    "usage_month", "tenant", "service", "kind", "usage", "unit", "users", "included",
+    "packages", "amount", "currency", "provenance_events",
+)  # fmt: skip
+USAGE_COLUMNS = (
+    "tenant", "month", "service", "usage", "unit", "users", "band", "included", "percent",
+    "packages", "amount", "currency", "events", "crossings", "closed",
+)  # fmt: skip
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _plan(settings: Settings) -> Plan:
+    try:
+        return load_plan(settings.plan_file)
+    except PlanError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except (TimeoutError, LookupError, SettingsError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:  # a broker error names itself better than a traceback does
+        if type(exc).__module__.startswith("aiokafka"):
+            raise click.ClickException(f"Kafka: {exc!r}") from None
+        raise
+
+
+def _month(_ctx: Any, _param: Any, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return parse_month(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+format_option = click.option(
+    "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Usage metering: CloudEvents through Kafka into monthly usage, threshold crossings and
+    invoice lines.
+
+    Settings come from METERING_* environment variables (see README). Without
+    METERING_KAFKA_BOOTSTRAP every command uses the local stack of METERING_DATA_DIR
+    (default ./.metering), started with `metering up`.
+    """
+
+
+@main.command()
+@click.option("--detach", is_flag=True, help="Start in the background; return once ready.")
+def up(detach: bool) -> None:
+    """Run the local stack: a Kafka broker (KRaft), the topics and a worker.
+
+    In the foreground until Ctrl-C; with --detach it returns once topics exist and the worker
+    has its partitions, and `metering down` stops it.
+    """
+    from metering.stack import StackError, run_stack, start_detached
+
+    settings = _settings()
+    _plan(settings)  # a bad plan fails here, not in the background
+    try:
+        if detach:
+            record = start_detached(settings)
+            click.echo(f"stack ready: Kafka at {record['bootstrap']}, data in {settings.data_dir}")
+            return
+        run_stack(
+            settings, on_ready=lambda b: click.echo(f"stack ready: Kafka at {b}; Ctrl-C stops it")
+        )
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+def down() -> None:
+    """Stop the local stack of this data dir and every process it started."""
+    from metering.stack import stop_stack
+
+    settings = _settings()
+    if stop_stack(settings):
+        click.echo(f"stack in {settings.data_dir} stopped")
+    else:
+        click.echo(f"no stack runs in {settings.data_dir}")
+
+
+@main.command()
+def worker() -> None:
+    """Run one stream worker in the foreground (what a cluster or docker-compose runs)."""
+    from streams.app import run_worker
+    from streams.kafka import ensure_topics
+
+    settings = _settings()
+    plan = _plan(settings)
+    _run(ensure_topics(settings))
+    run_worker(settings, plan)
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def send(file: Path) -> None:
+    """Publish a JSONL FILE of CloudEvents, each to the topic of its type.
+
+    metering.* go to usage-events, licensing.* to licenses, system.* to system-events. A line
+    that cannot be routed goes to dead-letters and is reported with its number; the exit
+    status is then 1.
+    """
+    from rich.progress import Progress
+
+    from metering.send import send_file
+
+    settings = _settings()
+    started = time.monotonic()
+    with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
+        task = progress.add_task(f"sending {file.name}", total=file.stat().st_size)
+        report = _run(send_file(settings, file, lambda n: progress.advance(task, n)))
+    elapsed = time.monotonic() - started
+    total = sum(report.sent.values())
+    for number, reason in report.rejected:
+        click.echo(f"{file}:{number}: rejected: {reason}", err=True)
+    per_topic = ", ".join(f"{topic}: {n}" for topic, n in sorted(report.sent.items()))
+    click.echo(
+        f"sent {total} events ({per_topic or 'none'}) in {elapsed:.1f}s "
+        f"({total / max(elapsed, 1e-9):,.0f}/s); rejected {len(report.rejected)} lines"
+    )
+    if report.rejected:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("month", callback=_month)
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for lines.")
+@click.option("--force", is_flag=True, help="Close a month that has not ended yet.")
+def close(month: str, timeout: float, force: bool) -> None:
+    """Close usage MONTH (YYYY-MM) and print its invoice summary.
+
+    The close travels through the log behind every event sent before it, and returns once
+    every partition has produced its invoice lines (billed on the invoice of the next month).
+    Closing a month twice changes nothing.
+    """
+    from streams.commands import request_close, wait_for_close
+
+    settings = _settings()
+    plan = _plan(settings)
+    now = dt.datetime.now(dt.UTC)
+    if not force and month >= month_of(now, plan.zone):
+        raise click.ClickException(f"{month} has not ended yet; use --force to close it anyway")
+    close_id = f"close-{month}-{uuid.uuid4().hex[:12]}"
+
+    async def go() -> list[Any]:
+        partitions = await request_close(settings, month, close_id, "cli")
+        return await wait_for_close(settings, close_id, partitions, timeout)
+
+    started = time.monotonic()
+    acks = _run(go())
+    lines = sum(a.lines for a in acks)
+    amount = sum((a.amount for a in acks), start=Decimal("0.00"))
+    click.echo(
+        f"closed {month} ({close_id}) in {time.monotonic() - started:.1f}s: {lines} invoice "
+        f"lines on invoice {next_month(month)}, {sum(a.tenants for a in acks)} tenants, "
+        f"total {amount:.2f}"
+    )
+
+
+@main.command()
+@click.argument("month", callback=_month)
+@format_option
+def invoice(month: str, fmt: str) -> None:
+    """Invoice lines of invoice MONTH (usage of the month before, plus adjustments)."""
+    from metering.queries import as_rows, invoice_lines
+
+    settings = _settings()
+    rows = as_rows(_run(invoice_lines(settings, month)))
+    columns = LINE_TABLE_COLUMNS if fmt == "table" else LINE_COLUMNS
+    render(rows, fmt, f"Invoice {month} (usage of {previous_month(month)})", columns)
+    if fmt == "table":
+        total = sum((Decimal(r["amount"]) for r in rows), start=Decimal("0.00"))
+        click.echo(f"{len(rows)} lines, total {total:.2f}")
+
+
+@main.command()
+@click.argument("tenant")
+@click.argument("month", callback=_month)
+@format_option
+def usage(tenant: str, month: str, fmt: str) -> None:
+    """Usage of TENANT in MONTH per service, against what its users include."""
+    from metering.queries import usage_rows
+
+    settings = _settings()
+    rows = _run(usage_rows(settings, _plan(settings), tenant, month))
+    render(rows, fmt, f"Usage of {tenant} in {month}", USAGE_COLUMNS)
+
+
+@main.command()
+@click.argument("month", callback=_month)
+@format_option
+def crossings(month: str, fmt: str) -> None:
+    """Threshold crossings (warning, exceeded, package) of usage MONTH."""
+    from metering.queries import as_rows
+    from metering.queries import crossings as query
+
+    settings = _settings()
+    rows = as_rows(_run(query(settings, month)))
+    render(rows, fmt, f"Threshold crossings of {month}", CROSSING_COLUMNS)
+
+
+@main.command()
+@click.argument("month", callback=_month, required=False, default=None)
+@click.option("--tenants", default=25, show_default=True)
+@click.option("--seed", default=1, show_default=True)
+@click.option("--scale", default=1.0, show_default=True, help="Multiply per-tenant volumes.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def generate(month: str | None, tenants: int, seed: int, scale: float, output: Path) -> None:
+    """Write a generated month of usage (default: last month) as JSONL, for demos."""
+    from metering.generate import generate_month
+
+    month = month or previous_month(month_of(dt.datetime.now(dt.UTC), dt.UTC))
+    count = 0
+    with output.open("wb") as handle:
+        for event in generate_month(month, tenants, seed, scale):
+            handle.write(orjson.dumps(event) + b"\n")
+            count += 1
+    click.echo(f"wrote {count} events of {month} for {tenants} tenants to {output}")
+
+
+if __name__ == "__main__":
+    main()

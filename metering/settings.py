@@ -1,0 +1,162 @@
+"""All settings, from `METERING_*` environment variables or an optional `.env` file.
+
+Validated once at start-up; every bad setting is reported in one error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from billing.plan import DEFAULT_PLAN
+
+
+class SettingsError(ValueError):
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid settings:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class Topics:
+    usage: str
+    licenses: str
+    system: str
+    crossings: str
+    lines: str
+    dead_letters: str
+    closes: str
+
+    @property
+    def inputs(self) -> tuple[str, str]:
+        """The topics a close barrier must pass through, in every partition."""
+        return (self.usage, self.licenses)
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return (
+            self.usage,
+            self.licenses,
+            self.system,
+            self.crossings,
+            self.lines,
+            self.dead_letters,
+            self.closes,
+        )
+
+
+def _default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "metering"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="METERING_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    kafka_bootstrap: str | None = Field(
+        default=None, description="host:port[,...]; unset: the local stack in the data dir."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+
+    data_dir: Path = Path(".metering")
+    cache_dir: Path = Field(default_factory=_default_cache)
+    plan_file: Path = DEFAULT_PLAN
+    app_id: str = Field(default="metering", pattern=r"^[A-Za-z0-9._-]+$")
+    topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
+    partitions: int = Field(default=8, ge=1, le=1024)
+    auto_close_grace: dt.timedelta | None = Field(
+        default=dt.timedelta(days=3), description="ISO 8601 duration after month end, or off."
+    )
+    batch_size: int = Field(default=2000, ge=1, le=100_000)
+    batch_within: float = Field(default=0.1, gt=0, le=10)
+    query_timeout: float = Field(default=60.0, gt=0)
+    ready_file: Path | None = Field(
+        default=None, description="Written by a worker once it has partitions and state."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "warning"
+
+    @field_validator("auto_close_grace", mode="before")
+    @classmethod
+    def _off(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in {"off", "none", "false", "0"}:
+            return None
+        return value
+
+    @field_validator("auto_close_grace")
+    @classmethod
+    def _non_negative(cls, value: dt.timedelta | None) -> dt.timedelta | None:
+        if value is not None and value < dt.timedelta(0):
+            raise ValueError("must not be negative")
+        return value
+
+    @property
+    def topics(self) -> Topics:
+        p = self.topic_prefix
+        return Topics(
+            usage=f"{p}usage-events",
+            licenses=f"{p}licenses",
+            system=f"{p}system-events",
+            crossings=f"{p}threshold-crossings",
+            lines=f"{p}invoice-lines",
+            dead_letters=f"{p}dead-letters",
+            closes=f"{p}month-closes",
+        )
+
+    @property
+    def stack_file(self) -> Path:
+        return self.data_dir / "stack.json"
+
+    def bootstrap(self) -> str:
+        """The configured bootstrap, or the one `metering up` recorded in the data dir."""
+        if self.kafka_bootstrap:
+            return self.kafka_bootstrap
+        try:
+            recorded = json.loads(self.stack_file.read_text())["bootstrap"]
+        except (OSError, ValueError, KeyError):
+            raise SettingsError(
+                [
+                    f"METERING_KAFKA_BOOTSTRAP is not set and no local stack runs in "
+                    f"{self.data_dir} (start one with `metering up --detach`)"
+                ]
+            ) from None
+        return str(recorded)
+
+    def kafka_options(self) -> dict[str, Any]:
+        """Security options for aiokafka clients; the password stays a secret until here."""
+        options: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_sasl_mechanism:
+            options["sasl_mechanism"] = self.kafka_sasl_mechanism
+            options["sasl_plain_username"] = self.kafka_sasl_username
+            if self.kafka_sasl_password is not None:
+                options["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_security_protocol in {"SSL", "SASL_SSL"}:
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(
+                cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
+            )
+        return options
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            name = "METERING_" + "_".join(str(p) for p in err["loc"]).upper()
+            problems.append(f"{name}: {str(err['msg']).removeprefix('Value error, ')}")
+        raise SettingsError(problems) from None

@@ -1,0 +1,170 @@
+"""The local stack: a Kafka broker (unless one is configured), the topics and a worker.
+
+`run_stack` runs it in the foreground and records it in `<data dir>/stack.json`, so that every
+later command with the same data dir finds it; `start_detached` runs it in the background and
+returns once it is ready; `stop_stack` stops it and everything it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from metering.broker import Broker, is_alive, start_broker, stop_process
+from metering.settings import Settings
+from streams.kafka import ensure_topics
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def read_record(settings: Settings) -> dict[str, Any] | None:
+    try:
+        record: dict[str, Any] = json.loads(settings.stack_file.read_text())
+    except (OSError, ValueError):
+        return None
+    if not is_alive(int(record.get("pid", 0))):
+        return None  # a stale record of a stack that died
+    return record
+
+
+def _write_record(settings: Settings, **record: Any) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = settings.stack_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(settings.stack_file)
+
+
+def _start_worker(settings: Settings, bootstrap: str, ready_file: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env.update(
+        METERING_KAFKA_BOOTSTRAP=bootstrap,
+        METERING_DATA_DIR=str(settings.data_dir),
+        METERING_READY_FILE=str(ready_file),
+    )
+    log = (settings.data_dir / "worker.log").open("ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "metering.cli", "worker"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    log.close()
+    return process
+
+
+def _wait_ready(process: subprocess.Popen[bytes], ready_file: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready_file.exists():
+        if process.poll() is not None:
+            raise StackError(f"the worker exited with {process.returncode}; see worker.log")
+        if time.monotonic() > deadline:
+            raise StackError(f"the worker was not ready within {timeout:.0f}s; see worker.log")
+        time.sleep(0.2)
+
+
+def run_stack(settings: Settings, on_ready: Any = None, timeout: float = 180.0) -> None:
+    """Run broker and worker until SIGINT/SIGTERM; `on_ready()` is called once all is up."""
+    if read_record(settings) is not None:
+        raise StackError(f"a stack already runs in {settings.data_dir}; `metering down` first")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    stop = {"now": False}
+
+    def _stop(signum: int, frame: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    broker: Broker | None = None
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        bootstrap = settings.kafka_bootstrap
+        if not bootstrap:
+            broker = start_broker(settings.data_dir / "kafka", settings.cache_dir)
+            bootstrap = broker.bootstrap
+        record: dict[str, Any] = {
+            "pid": os.getpid(),
+            "bootstrap": bootstrap,
+            "broker_pid": broker.process.pid if broker else None,
+            "ready": False,
+        }
+        _write_record(settings, **record)
+        local = settings.model_copy(update={"kafka_bootstrap": bootstrap})
+        asyncio.run(ensure_topics(local))
+        ready_file = settings.data_dir / "worker.ready"
+        ready_file.unlink(missing_ok=True)
+        worker = _start_worker(local, bootstrap, ready_file)
+        record["worker_pid"] = worker.pid
+        _write_record(settings, **record)
+        _wait_ready(worker, ready_file, timeout)
+        record["ready"] = True
+        _write_record(settings, **record)
+        if on_ready is not None:
+            on_ready(bootstrap)
+        while not stop["now"]:
+            if worker.poll() is not None:
+                raise StackError(f"the worker exited with {worker.returncode}; see worker.log")
+            time.sleep(0.2)
+    finally:
+        if worker is not None:
+            stop_process(worker.pid, timeout=30)
+        if broker is not None:
+            broker.stop()
+        with contextlib.suppress(FileNotFoundError):
+            settings.stack_file.unlink()
+
+
+def start_detached(settings: Settings, timeout: float = 240.0) -> dict[str, Any]:
+    """Start `metering up` in the background; return its record once it is ready."""
+    existing = read_record(settings)
+    if existing is not None and existing.get("ready"):
+        return existing
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    log = (settings.data_dir / "stack.log").open("ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "metering.cli", "up"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "METERING_DATA_DIR": str(settings.data_dir)},
+    )
+    log.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = read_record(settings)
+        if record is not None and record.get("ready") and record.get("pid") == process.pid:
+            return record
+        if process.poll() is not None:
+            tail = (settings.data_dir / "stack.log").read_text()[-2000:]
+            raise StackError(f"`metering up` exited with {process.returncode}:\n{tail}")
+        time.sleep(0.2)
+    stop_process(process.pid)
+    raise StackError(f"the stack was not ready within {timeout:.0f}s; see stack.log")
+
+
+def stop_stack(settings: Settings, timeout: float = 60.0) -> bool:
+    """Stop the stack of this data dir; False when none was running."""
+    try:
+        record = json.loads(settings.stack_file.read_text())
+    except (OSError, ValueError):
+        return False
+    pids = [record.get("pid"), record.get("worker_pid"), record.get("broker_pid")]
+    stop_process(int(record["pid"]), timeout)
+    for pid in pids:  # whatever a killed supervisor could not stop itself
+        if pid and is_alive(int(pid)):
+            stop_process(int(pid), timeout=10)
+    with contextlib.suppress(FileNotFoundError):
+        settings.stack_file.unlink()
+    return True

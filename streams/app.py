@@ -1,0 +1,132 @@
+"""The Faust worker: one agent over the co-partitioned input topics, four tables of state.
+
+The agent only decodes records, calls `projections.batch.fold_batch` and writes what it
+returns; every decision lives in the pure folds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from typing import Any, cast
+
+import faust
+
+from billing.plan import Plan
+from metering.settings import Settings
+from projections.batch import fold_batch
+from projections.decode import decode
+from projections.events import Position
+from projections.months import auto_close_due
+from streams.commands import request_close
+from streams.outputs import Outputs, load_emitted
+from streams.state import TableState
+
+log = logging.getLogger("metering.worker")
+
+TABLES = ("tenants", "seen", "barriers", "partitions")
+
+
+def _credentials(settings: Settings) -> Any:
+    options = settings.kafka_options()
+    if settings.kafka_sasl_mechanism:
+        return faust.SASLCredentials(
+            username=options.get("sasl_plain_username"),
+            password=options.get("sasl_plain_password"),
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=options.get("ssl_context"),
+        )
+    if "ssl_context" in options:
+        return faust.SSLCredentials(options["ssl_context"])
+    return None
+
+
+def create_app(settings: Settings, plan: Plan) -> faust.App:
+    """Build the worker app; nothing connects until the app is started."""
+    topics = settings.topics
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{hp}" for hp in settings.bootstrap().split(",")],
+        broker_credentials=_credentials(settings),
+        store="memory://",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=max(4096, settings.batch_size * 2),
+    )
+    tables = [
+        # bytes in, bytes out: the raw codec, and we encode state with pydantic ourselves
+        app.Table(name, partitions=settings.partitions, key_type=bytes, value_type=bytes)
+        for name in TABLES
+    ]
+    state = TableState(*tables)
+    inputs = app.topic(*topics.inputs, key_serializer="raw", value_serializer="raw")
+    out = {
+        name: app.topic(topic, key_serializer="raw", value_serializer="raw")
+        for name, topic in (
+            ("crossings", topics.crossings),
+            ("lines", topics.lines),
+            ("closes", topics.closes),
+            ("dead_letters", topics.dead_letters),
+        )
+    }
+    barrier_topics = frozenset(topics.inputs)
+
+    @app.agent(inputs, name="ingest")
+    async def ingest(stream: Any) -> None:
+        outputs = Outputs(out, await load_emitted(settings))
+        async for events in stream.take_events(settings.batch_size, settings.batch_within):
+            decoded = []
+            for event in events:
+                message = event.message
+                position = Position(
+                    topic=message.topic,
+                    partition=message.partition,
+                    offset=message.offset,
+                    log_time=dt.datetime.fromtimestamp(message.timestamp, dt.UTC),
+                )
+                decoded.append(decode(message.value, position, plan))
+            result = fold_batch(decoded, state, plan, barrier_topics)
+            state.write(result)
+            await outputs.send(result)
+            if result.closes:
+                log.info("closed %s", ", ".join(f"{c.month} p{c.partition}" for c in result.closes))
+
+    grace = settings.auto_close_grace
+    if grace is not None:
+        requested: set[str] = set()
+
+        async def auto_close() -> None:
+            month = auto_close_due(dt.datetime.now(dt.UTC), grace, plan.zone)
+            if month is None or month in requested:
+                return
+            # A deterministic id: every worker and restart asks for the same close, which
+            # takes effect once per partition however often it is written.
+            await request_close(settings, month, f"auto-{month}", "auto-close")
+            requested.add(month)
+            log.info("requested automatic close of %s", month)
+
+        app.timer(interval=60.0, on_leader=True)(auto_close)
+
+    if settings.ready_file is not None:
+        ready_file = settings.ready_file
+
+        async def announce_ready() -> None:
+            await cast(Any, app.tables).recovery.completed.wait()
+            ready_file.parent.mkdir(parents=True, exist_ok=True)
+            ready_file.write_text(f"{uuid.uuid4()}\n")
+
+        app.task(announce_ready)
+
+    return app
+
+
+def run_worker(settings: Settings, plan: Plan) -> None:
+    """Run the worker in the foreground until SIGINT or SIGTERM."""
+    app = create_app(settings, plan)
+    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    worker.execute_from_commandline()

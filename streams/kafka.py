@@ -1,0 +1,136 @@
+"""Kafka plumbing shared by the worker and the CLI: topics, producers, reading to the end."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from metering.settings import Settings
+
+# Decisions are judged against the time a record entered the log (DESIGN.md s.4), so the input
+# topics stamp it themselves instead of trusting the producer's clock.
+INPUT_CONFIG = {"message.timestamp.type": "LogAppendTime"}
+
+
+class TopicLayoutError(RuntimeError):
+    pass
+
+
+@contextlib.asynccontextmanager
+async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
+    client = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap(), **settings.kafka_options())
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def ensure_topics(settings: Settings, replication: int = 1) -> None:
+    """Create the contract topics if missing; input topics must be co-partitioned."""
+    topics = settings.topics
+    inputs = {topics.usage, topics.licenses, topics.system}
+    async with admin_client(settings) as admin:
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(
+                name,
+                settings.partitions,
+                replication,
+                topic_configs=INPUT_CONFIG if name in inputs else {},
+            )
+            for name in topics.all
+            if name not in existing
+        ]
+        if new:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new)
+        described = await admin.describe_topics(list(topics.inputs))
+    counts = {d["topic"]: len(d["partitions"]) for d in described}
+    if len(set(counts.values())) != 1:
+        raise TopicLayoutError(
+            f"input topics must have the same number of partitions (co-partitioned by tenant), "
+            f"found {counts}"
+        )
+
+
+@contextlib.asynccontextmanager
+async def producer(settings: Settings, **options: Any) -> AsyncIterator[AIOKafkaProducer]:
+    config: dict[str, Any] = {"enable_idempotence": True, "acks": "all", "linger_ms": 5}
+    config.update(settings.kafka_options())
+    config.update(options)
+    client = AIOKafkaProducer(bootstrap_servers=settings.bootstrap(), **config)
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.stop()
+
+
+@contextlib.asynccontextmanager
+async def consumer(settings: Settings, **options: Any) -> AsyncIterator[AIOKafkaConsumer]:
+    client = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap(),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **settings.kafka_options(),
+        **options,
+    )
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.stop()
+
+
+async def partitions_of(settings: Settings, *topics: str) -> list[TopicPartition]:
+    async with admin_client(settings) as admin:
+        described = await admin.describe_topics(list(topics))
+    found: list[TopicPartition] = []
+    for topic in described:
+        if topic["error_code"] != 0 or not topic["partitions"]:
+            raise TopicLayoutError(f"topic {topic['topic']!r} does not exist; is the stack up?")
+        found.extend(TopicPartition(topic["topic"], p["partition"]) for p in topic["partitions"])
+    return sorted(found)
+
+
+async def end_offsets(settings: Settings, topics: tuple[str, ...]) -> dict[TopicPartition, int]:
+    tps = await partitions_of(settings, *topics)
+    async with consumer(settings) as client:
+        return dict(await client.end_offsets(tps))
+
+
+async def read_all(settings: Settings, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of `topic` from the beginning up to its end offsets at call time."""
+    tps = await partitions_of(settings, topic)
+    async with consumer(settings) as client:
+        ends = await client.end_offsets(tps)
+        wanted = {tp: end for tp, end in ends.items() if end > 0}
+        if not wanted:
+            return []
+        client.assign(list(wanted))
+        await client.seek_to_beginning(*wanted)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        while wanted:
+            batches = await client.getmany(*wanted, timeout_ms=1000)
+            for tp, batch in batches.items():
+                records.extend(r for r in batch if r.offset < wanted[tp])
+                if batch and batch[-1].offset + 1 >= wanted[tp]:
+                    del wanted[tp]
+            for tp in list(wanted):
+                if await client.position(tp) >= wanted[tp]:
+                    del wanted[tp]
+        return records
+
+
+async def committed_offsets(
+    settings: Settings, group: str, tps: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    async with admin_client(settings) as admin:
+        offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
+    return {tp: meta.offset for tp, meta in offsets.items() if meta is not None}
