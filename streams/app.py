@@ -1,6 +1,7 @@
-"""The Faust worker: one agent over the co-partitioned input topics, four tables of state.
+"""The Faust worker: a forwarder that merges licence records into the usage log, and one
+agent over the usage log that holds four tables of state.
 
-The agent only decodes records, calls `projections.batch.fold_batch` and writes what it
+The agents only decode records, call `projections.batch.fold_batch` and write what it
 returns; every decision lives in the pure folds.
 """
 
@@ -26,6 +27,23 @@ from streams.state import TableState
 log = logging.getLogger("metering.worker")
 
 TABLES = ("tenants", "seen", "barriers", "partitions")
+FORWARDED_FROM = "metering-forwarded-from"
+
+
+def position_of(message: Any) -> Position:
+    """Where a record sits; a forwarded licence record names the topic it was written to, so
+    that a close marker counts for the barrier of its own topic."""
+    topic = message.topic
+    headers = message.headers or ()
+    for name, value in headers.items() if isinstance(headers, dict) else headers:
+        if name == FORWARDED_FROM and value:
+            topic = bytes(value).decode().rsplit("/", 2)[0]
+    return Position(
+        topic=topic,
+        partition=message.partition,
+        offset=message.offset,
+        log_time=dt.datetime.fromtimestamp(message.timestamp, dt.UTC),
+    )
 
 
 def _credentials(settings: Settings) -> Any:
@@ -64,7 +82,8 @@ def create_app(settings: Settings, plan: Plan) -> faust.App:
         for name in TABLES
     ]
     state = TableState(*tables)
-    inputs = app.topic(*topics.inputs, key_serializer="raw", value_serializer="raw")
+    usage_topic = app.topic(topics.usage, key_serializer="raw", value_serializer="raw")
+    licences_topic = app.topic(topics.licenses, key_serializer="raw", value_serializer="raw")
     out = {
         name: app.topic(topic, key_serializer="raw", value_serializer="raw")
         for name, topic in (
@@ -76,20 +95,30 @@ def create_app(settings: Settings, plan: Plan) -> faust.App:
     }
     barrier_topics = frozenset(topics.inputs)
 
-    @app.agent(inputs, name="ingest")
+    @app.agent(licences_topic, name="forward")
+    async def forward(stream: Any) -> None:
+        # Licence records are copied into the same partition of the usage topic, so that one
+        # partition's order decides which seats a usage event is rated with, live and on
+        # replay alike. Everything copied is idempotent to apply, so a copy made twice (a
+        # restart, a replay) changes nothing.
+        async for events in stream.take_events(settings.batch_size, settings.batch_within):
+            for event in events:
+                message = event.message
+                origin = f"{message.topic}/{message.partition}/{message.offset}".encode()
+                await usage_topic.send(
+                    key=message.key,
+                    value=message.value,
+                    partition=message.partition,
+                    headers=[(FORWARDED_FROM, origin)],
+                )
+
+    @app.agent(usage_topic, name="ingest")
     async def ingest(stream: Any) -> None:
         outputs = Outputs(out, await load_emitted(settings))
         async for events in stream.take_events(settings.batch_size, settings.batch_within):
-            decoded = []
-            for event in events:
-                message = event.message
-                position = Position(
-                    topic=message.topic,
-                    partition=message.partition,
-                    offset=message.offset,
-                    log_time=dt.datetime.fromtimestamp(message.timestamp, dt.UTC),
-                )
-                decoded.append(decode(message.value, position, plan))
+            decoded = [
+                decode(event.message.value, position_of(event.message), plan) for event in events
+            ]
             result = fold_batch(decoded, state, plan, barrier_topics)
             state.write(result)
             await outputs.send(result)

@@ -1,0 +1,49 @@
+# Everything runs from a project virtualenv that the targets create on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.DEFAULT_GOAL := help
+.PHONY: help install kafka lint format typecheck schemas test test-unit demo check clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## Create .venv and install the project with its dev tools
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+kafka: install ## Fetch the pinned Apache Kafka jars with Maven (cached)
+	$(BIN)/python -m metering.broker fetch
+
+lint: install ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## Format and fix what ruff can
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: install ## mypy --strict over the packages
+	$(BIN)/mypy
+
+schemas: install ## Regenerate schemas/jsonschema from the models
+	$(BIN)/python -m schemas.generate
+
+test-unit: install ## Unit tests only (no broker)
+	$(BIN)/pytest tests/unit
+
+test: install kafka ## All tests: unit, integration and e2e against a real local broker
+	$(BIN)/pytest
+
+demo: install kafka ## Run the demo: local stack, a generated month, close, invoice, stop
+	scripts/demo.sh
+
+check: lint typecheck test ## What CI runs
+
+clean: ## Remove the virtualenv and local data (not the Kafka jar cache)
+	rm -rf $(VENV) .metering .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,98 @@
+"""The CLI as a user drives it: help, bad input, and the local stack from `up` to `down`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from metering.broker import is_alive
+from projections.months import next_month, previous_month
+
+COMMANDS = ["up", "down", "worker", "send", "close", "invoice", "usage", "crossings", "generate"]
+
+
+def metering(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("METERING_")}
+    return subprocess.run(
+        [sys.executable, "-m", "metering.cli", *args],
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str) -> None:
+    done = metering(command, "--help")
+    assert done.returncode == 0
+    assert f"Usage: python -m metering.cli {command}" in done.stdout
+
+
+def test_every_bad_setting_is_listed_at_once() -> None:
+    done = metering(
+        "invoice", "2026-10", env={"METERING_PARTITIONS": "0", "METERING_AUTO_CLOSE_GRACE": "soon"}
+    )
+    assert done.returncode == 1
+    assert "METERING_PARTITIONS: Input should be greater than or equal to 1" in done.stderr
+    assert "METERING_AUTO_CLOSE_GRACE: Input should be a valid timedelta" in done.stderr
+
+
+def test_bad_plan_names_the_field(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.toml"
+    plan.write_text('[[versions]]\nversion = "x"\neffective_from = 2026-01-01\ncurrency = "EUR"\n')
+    done = metering("up", env={"METERING_PLAN_FILE": str(plan), "METERING_DATA_DIR": str(tmp_path)})
+    assert done.returncode == 1
+    assert "versions[0].user_bands: Field required" in done.stderr
+    assert "versions[0].services: Field required" in done.stderr
+
+
+def test_bad_month_is_refused() -> None:
+    done = metering("close", "2026-13")
+    assert done.returncode == 2
+    assert "'2026-13' is not a month; expected YYYY-MM" in done.stderr
+
+
+def test_no_stack_says_how_to_start_one(tmp_path: Path) -> None:
+    done = metering("crossings", "2026-10", env={"METERING_DATA_DIR": str(tmp_path)})
+    assert done.returncode == 1
+    assert "metering up --detach" in done.stderr
+
+
+@pytest.mark.integration
+def test_up_send_close_invoice_down(tmp_path: Path) -> None:
+    env = {"METERING_DATA_DIR": str(tmp_path / "data"), "METERING_AUTO_CLOSE_GRACE": "off"}
+    month = previous_month(dt.date.today().strftime("%Y-%m"))
+    try:
+        up = metering("up", "--detach", env=env)
+        assert up.returncode == 0, up.stderr
+        assert "stack ready: Kafka at 127.0.0.1:" in up.stdout
+        record = json.loads((tmp_path / "data" / "stack.json").read_text())
+        events = tmp_path / "month.jsonl"
+        assert (
+            metering("generate", month, "--tenants", "3", "-o", str(events), env=env).returncode
+            == 0
+        )
+        sent = metering("send", str(events), env=env)
+        assert sent.returncode == 0, sent.stderr
+        assert "rejected 0 lines" in sent.stdout
+        closed = metering("close", month, env=env)
+        assert closed.returncode == 0, closed.stderr
+        assert "3 tenants" in closed.stdout
+        invoice = metering("invoice", next_month(month), env=env)
+        assert invoice.returncode == 0, invoice.stderr
+        assert "lines, total" in invoice.stdout
+    finally:
+        down = metering("down", env=env)
+    assert down.returncode == 0
+    assert "stopped" in down.stdout
+    for key in ("pid", "worker_pid", "broker_pid"):
+        assert not is_alive(int(record[key])), f"{key} still running after down"
+    assert not (tmp_path / "data" / "stack.json").exists()
