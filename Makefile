@@ -11,7 +11,8 @@ help: ## List the targets
 
 install: $(VENV)/.installed ## Create .venv and install the project with its dev tools
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml scripts/bootstrap.sh
+	scripts/bootstrap.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
