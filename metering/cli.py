@@ -19,6 +19,7 @@ from billing.plan import Plan, PlanError, load_plan
 from metering.render import FORMATS, render
 from metering.settings import Settings, SettingsError, load_settings
 from projections.months import month_of, next_month, parse_month, previous_month
+from streams.kafka import TopicLayoutError
 
 T = TypeVar("T")
 
@@ -60,7 +61,7 @@ def _plan(settings: Settings) -> Plan:
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coro)
-    except (TimeoutError, LookupError, SettingsError, OSError) as exc:
+    except (TimeoutError, LookupError, SettingsError, OSError, TopicLayoutError) as exc:
         raise click.ClickException(str(exc)) from None
     except Exception as exc:  # a broker error names itself better than a traceback does
         if type(exc).__module__.startswith("aiokafka"):

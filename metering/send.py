@@ -17,7 +17,7 @@ import orjson
 
 from metering.settings import Settings
 from schemas.records import DeadLetter
-from streams.kafka import producer
+from streams.kafka import partitions_of, producer
 
 MAX_LINE = 1 << 20  # the broker's default message size limit
 
@@ -50,6 +50,9 @@ async def send_file(
     settings: Settings, path: Path, progress: Callable[[int], None] | None = None
 ) -> SendReport:
     report = SendReport()
+    topics = settings.topics
+    # Fail fast and clearly: a producer would retry a missing topic for a minute.
+    await partitions_of(settings, topics.usage, topics.licenses, topics.system, topics.dead_letters)
     pending: list[asyncio.Future[Any]] = []
     async with producer(settings, linger_ms=20, max_batch_size=256 * 1024) as client:
         with path.open("rb") as handle:

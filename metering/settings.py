@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     auto_close_grace: dt.timedelta | None = Field(
         default=dt.timedelta(days=3), description="ISO 8601 duration after month end, or off."
     )
+    auto_close_check: float = Field(
+        default=60.0, gt=0, description="Seconds between checks for a month to close."
+    )
     batch_size: int = Field(default=2000, ge=1, le=100_000)
     batch_within: float = Field(default=0.1, gt=0, le=10)
     query_timeout: float = Field(default=60.0, gt=0)

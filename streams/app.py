@@ -139,7 +139,7 @@ def create_app(settings: Settings, plan: Plan) -> faust.App:
             requested.add(month)
             log.info("requested automatic close of %s", month)
 
-        app.timer(interval=60.0, on_leader=True)(auto_close)
+        app.timer(interval=settings.auto_close_check, on_leader=True)(auto_close)
 
     if settings.ready_file is not None:
         ready_file = settings.ready_file

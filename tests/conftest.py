@@ -3,6 +3,7 @@ prefix, consumer group (app id) and data dir, with helpers to drive the CLI and 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -17,6 +18,8 @@ import orjson
 import pytest
 
 from metering.broker import Broker, start_broker, stop_process
+from metering.settings import Settings
+from streams.kafka import ensure_topics
 
 CACHE = Path(os.environ.get("METERING_CACHE_DIR") or Path.home() / ".cache" / "metering")
 
@@ -51,6 +54,14 @@ class Stack:
 
     def json(self, *args: str, **env: str) -> Any:
         return orjson.loads(self.cli(*args, "--format", "json", **env).stdout)
+
+    def create_topics(self) -> None:
+        settings = Settings(
+            kafka_bootstrap=self.env["METERING_KAFKA_BOOTSTRAP"],
+            topic_prefix=self.env["METERING_TOPIC_PREFIX"],
+            partitions=int(self.env["METERING_PARTITIONS"]),
+        )
+        asyncio.run(ensure_topics(settings))
 
     def start_worker(self, **env: str) -> subprocess.Popen[bytes]:
         ready = self.data_dir / f"worker-{uuid.uuid4().hex[:6]}.ready"

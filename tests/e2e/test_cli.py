@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from metering.broker import is_alive
+from metering.broker import Broker, is_alive
 from projections.months import next_month, previous_month
 
 COMMANDS = ["up", "down", "worker", "send", "close", "invoice", "usage", "crossings", "generate"]
@@ -64,6 +64,16 @@ def test_no_stack_says_how_to_start_one(tmp_path: Path) -> None:
     done = metering("crossings", "2026-10", env={"METERING_DATA_DIR": str(tmp_path)})
     assert done.returncode == 1
     assert "metering up --detach" in done.stderr
+
+
+@pytest.mark.integration
+def test_send_without_topics_says_so(kafka: Broker, tmp_path: Path) -> None:
+    events = tmp_path / "one.jsonl"
+    events.write_text('{"type": "metering.chat.started"}\n')
+    env = {"METERING_KAFKA_BOOTSTRAP": kafka.bootstrap, "METERING_TOPIC_PREFIX": "nowhere-"}
+    done = metering("send", str(events), env=env)
+    assert done.returncode == 1
+    assert "topic 'nowhere-usage-events' does not exist; is the stack up?" in done.stderr
 
 
 @pytest.mark.integration

@@ -12,6 +12,7 @@ from billing.plan import load_plan
 from projections.batch import fold_batch
 from projections.events import CloseMarkerSeen, Position
 from projections.memory import MemoryState
+from projections.months import auto_close_due
 from projections.tenant import Snapshot, users_in_month
 from schemas.usage import Service
 from tests.factories import licence, usage
@@ -112,6 +113,8 @@ def test_users_in_month_counts_snapshot_in_force_at_start() -> None:
     assert users_in_month(snaps, "2026-09", PLAN) == 120
     assert users_in_month(snaps, "2026-10", PLAN) == 60
     assert users_in_month(snaps, "2026-11", PLAN) == 200
+    assert users_in_month(snaps, "2026-12", PLAN) == 200  # no snapshot in December itself
+    assert users_in_month(snaps, "2026-08", PLAN) == 0  # before the first snapshot
     assert users_in_month((), "2026-10", PLAN) == 0
 
 
@@ -219,3 +222,10 @@ def test_usage_going_down_gives_negative_adjustment() -> None:
         ("overage", 1, Decimal("32.40")),
         ("adjustment", -1, Decimal("-32.40")),
     ]
+
+
+def test_auto_close_asks_for_last_month_once_its_grace_has_passed() -> None:
+    grace = dt.timedelta(days=3)
+    assert auto_close_due(dt.datetime(2026, 11, 3, 23, 59, tzinfo=UTC), grace, UTC) is None
+    assert auto_close_due(dt.datetime(2026, 11, 4, tzinfo=UTC), grace, UTC) == "2026-10"
+    assert auto_close_due(dt.datetime(2027, 1, 10, tzinfo=UTC), grace, UTC) == "2026-12"
