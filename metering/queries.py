@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import orjson
+from pydantic import BaseModel
 
 from billing.plan import Plan
 from metering.settings import Settings
@@ -16,6 +18,8 @@ from projections.tenant import TenantState, rate_month
 from schemas.records import InvoiceLine, ThresholdCrossed
 from schemas.usage import Service
 from streams.kafka import committed_offsets, end_offsets, read_all
+
+R = TypeVar("R", bound=BaseModel)
 
 LEVEL_ORDER = {"warning": 0, "exceeded": 1, "package": 2}
 
@@ -42,29 +46,41 @@ async def wait_caught_up(settings: Settings, wait_seconds: float) -> None:
         await asyncio.sleep(0.25)
 
 
+async def _distinct(
+    settings: Settings, topic: str, model: type[R], keep: Callable[[R], bool]
+) -> list[R]:
+    """The records of an output topic that `keep` selects, each id once."""
+    found: dict[str, R] = {}
+    for record in await read_all(settings, topic):
+        item = model.model_validate_json(record.value or b"{}")
+        if keep(item):
+            found.setdefault(str(getattr(item, "id")), item)  # noqa: B009 - every output has one
+    return list(found.values())
+
+
 async def invoice_lines(settings: Settings, invoice_month: str) -> list[InvoiceLine]:
     await wait_caught_up(settings, settings.query_timeout)
-    lines: dict[str, InvoiceLine] = {}
-    for record in await read_all(settings, settings.topics.lines):
-        line = InvoiceLine.model_validate_json(record.value or b"{}")
-        if line.invoice_month == invoice_month:
-            lines.setdefault(line.id, line)
+    lines = await _distinct(
+        settings, settings.topics.lines, InvoiceLine, lambda ln: ln.invoice_month == invoice_month
+    )
+    return sorted(lines, key=lambda ln: (ln.tenant, ln.usage_month, ln.service.value, ln.kind))
+
+
+async def _crossings(settings: Settings, usage_month: str) -> list[ThresholdCrossed]:
+    found = await _distinct(
+        settings,
+        settings.topics.crossings,
+        ThresholdCrossed,
+        lambda c: c.usage_month == usage_month,
+    )
     return sorted(
-        lines.values(), key=lambda ln: (ln.tenant, ln.usage_month, ln.service.value, ln.kind)
+        found, key=lambda c: (c.tenant, c.service.value, LEVEL_ORDER[c.level], c.package or 0)
     )
 
 
 async def crossings(settings: Settings, usage_month: str) -> list[ThresholdCrossed]:
     await wait_caught_up(settings, settings.query_timeout)
-    found: dict[str, ThresholdCrossed] = {}
-    for record in await read_all(settings, settings.topics.crossings):
-        crossing = ThresholdCrossed.model_validate_json(record.value or b"{}")
-        if crossing.usage_month == usage_month:
-            found.setdefault(crossing.id, crossing)
-    return sorted(
-        found.values(),
-        key=lambda c: (c.tenant, c.service.value, LEVEL_ORDER[c.level], c.package or 0),
-    )
+    return await _crossings(settings, usage_month)
 
 
 def changelog_topic(settings: Settings, table: str) -> str:
@@ -88,7 +104,7 @@ async def usage_rows(
     if state is None:
         raise LookupError(f"no usage or licence is known for tenant {tenant!r}")
     levels: dict[Service, list[str]] = {}
-    for crossing in await crossings(settings, month):
+    for crossing in await _crossings(settings, month):
         if crossing.tenant == tenant:
             label = crossing.level + (f" {crossing.package}" if crossing.package else "")
             levels.setdefault(crossing.service, []).append(label)
