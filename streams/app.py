@@ -158,4 +158,7 @@ def run_worker(settings: Settings, plan: Plan) -> None:
     """Run the worker in the foreground until SIGINT or SIGTERM."""
     app = create_app(settings, plan)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    # Faust's terminal spinner lowers the root logger to DEBUG so that every record spins it;
+    # every aiokafka send then builds a log record (7 % of the worker's CPU when profiled).
+    worker.spinner = None
     worker.execute_from_commandline()
