@@ -114,6 +114,7 @@ def up(detach: bool) -> None:
         run_stack(
             settings, on_ready=lambda b: click.echo(f"stack ready: Kafka at {b}; Ctrl-C stops it")
         )
+        click.echo("stack stopped")
     except StackError as exc:
         raise click.ClickException(str(exc)) from None
 
