@@ -103,7 +103,7 @@ class _Batch:
         before = self.out.barriers.get(key) or self.view.barrier(key)
         if self.barrier_topics <= set(before):
             return  # this close already took effect here
-        after = tuple(sorted({*before, event.position.topic}))
+        after = tuple(sorted({*before, event.position.barrier_topic}))
         self.out.barriers[key] = after
         if self.barrier_topics <= set(after):
             self.close(event.close_id, event.month, partition)

@@ -18,6 +18,13 @@ class Position(BaseModel):
     partition: int
     offset: int
     log_time: dt.datetime
+    # The topic a forwarded record was first written to (licence records reach the usage log
+    # through the worker's forwarder); a close marker counts for its origin's barrier.
+    origin: str | None = None
+
+    @property
+    def barrier_topic(self) -> str:
+        return self.origin or self.topic
 
 
 class UsageRecorded(BaseModel):

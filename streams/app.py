@@ -31,18 +31,18 @@ FORWARDED_FROM = "metering-forwarded-from"
 
 
 def position_of(message: Any) -> Position:
-    """Where a record sits; a forwarded licence record names the topic it was written to, so
-    that a close marker counts for the barrier of its own topic."""
-    topic = message.topic
+    """Where a record sits; a forwarded licence record also names the topic it came from."""
+    origin = None
     headers = message.headers or ()
     for name, value in headers.items() if isinstance(headers, dict) else headers:
         if name == FORWARDED_FROM and value:
-            topic = bytes(value).decode().rsplit("/", 2)[0]
+            origin = bytes(value).decode().rsplit("/", 2)[0]
     return Position(
-        topic=topic,
+        topic=message.topic,
         partition=message.partition,
         offset=message.offset,
         log_time=dt.datetime.fromtimestamp(message.timestamp, dt.UTC),
+        origin=origin,
     )
 
 

@@ -40,7 +40,13 @@ def close(month: str, close_id: str = "c1", partition: int = 0) -> list[CloseMar
         CloseMarkerSeen(
             close_id=close_id,
             month=month,
-            position=Position(topic=topic, partition=partition, offset=0, log_time=at),
+            position=Position(
+                topic="usage-events",
+                partition=partition,
+                offset=0,
+                log_time=at,
+                origin=None if topic == "usage-events" else topic,
+            ),
         )
         for topic in sorted(BARRIER)
     ]
