@@ -42,6 +42,14 @@ class ServiceRate(BaseModel):
             raise ValueError('write prices as strings, e.g. price = "32.40" (floats round)')
         return value
 
+    @field_validator("unit_size")
+    @classmethod
+    def _power_of_ten(cls, value: int) -> int:
+        # Units convert to decimals exactly (bytes -> GB) only for powers of ten.
+        if value < 1 or 10 ** (len(str(value)) - 1) != value:
+            raise ValueError("must be a power of ten (1, 1000, 1000000000, ...)")
+        return value
+
     @field_validator("included")
     @classmethod
     def _included_non_negative(cls, value: tuple[int, ...]) -> tuple[int, ...]:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import sys
 import time
 import uuid
-from collections.abc import Coroutine
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,72 +13,10 @@ from typing import Any, TypeVar
 import click
 import orjson
 
-from billing.plan import Plan, PlanError, load_plan
-from metering.render import FORMATS, render
-from metering.settings import Settings, SettingsError, load_settings
-from projections.months import month_of, next_month, parse_month, previous_month
-from streams.kafka import TopicLayoutError
+from metering.cli_common import cli_plan, cli_settings, month_callback, run_async
+from projections.months import month_of, next_month, previous_month
 
 T = TypeVar("T")
-
-LINE_COLUMNS = (
-    "invoice_month", "usage_month", "tenant", "service", "kind", "usage", "unit", "users",
-    "included", "packages", "unit_price", "amount", "currency", "plan_version", "id",
-    "provenance_events", "provenance_partition", "provenance_first_offset",
-    "provenance_last_offset", "provenance_close_id",
-)  # fmt: skip
-CROSSING_COLUMNS = (
-    "usage_month", "tenant", "service", "level", "package", "usage", "included", "users",
-    "crossed_at", "crossed_by", "id",
-)  # fmt: skip
-# The terminal table shows what a reader checks; JSON and CSV carry every column.
-LINE_TABLE_COLUMNS = (
-    "usage_month", "tenant", "service", "kind", "usage", "unit", "users", "included",
-    "packages", "amount", "currency", "provenance_events",
-)  # fmt: skip
-USAGE_COLUMNS = (
-    "tenant", "month", "service", "usage", "unit", "users", "band", "included", "percent",
-    "packages", "amount", "currency", "events", "crossings", "closed",
-)  # fmt: skip
-
-
-def _settings() -> Settings:
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def _plan(settings: Settings) -> Plan:
-    try:
-        return load_plan(settings.plan_file)
-    except PlanError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        return asyncio.run(coro)
-    except (TimeoutError, LookupError, SettingsError, OSError, TopicLayoutError) as exc:
-        raise click.ClickException(str(exc)) from None
-    except Exception as exc:  # a broker error names itself better than a traceback does
-        if type(exc).__module__.startswith("aiokafka"):
-            raise click.ClickException(f"Kafka: {exc!r}") from None
-        raise
-
-
-def _month(_ctx: Any, _param: Any, value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        return parse_month(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-format_option = click.option(
-    "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True
-)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -104,8 +40,8 @@ def up(detach: bool) -> None:
     """
     from metering.stack import StackError, run_stack, start_detached
 
-    settings = _settings()
-    _plan(settings)  # a bad plan fails here, not in the background
+    settings = cli_settings()
+    cli_plan(settings)  # a bad plan fails here, not in the background
     try:
         if detach:
             record = start_detached(settings)
@@ -124,7 +60,7 @@ def down() -> None:
     """Stop the local stack of this data dir and every process it started."""
     from metering.stack import stop_stack
 
-    settings = _settings()
+    settings = cli_settings()
     if stop_stack(settings):
         click.echo(f"stack in {settings.data_dir} stopped")
     else:
@@ -137,10 +73,23 @@ def worker() -> None:
     from streams.app import run_worker
     from streams.kafka import ensure_topics
 
-    settings = _settings()
-    plan = _plan(settings)
-    _run(ensure_topics(settings))
+    settings = cli_settings()
+    plan = cli_plan(settings)
+    run_async(ensure_topics(settings))
     run_worker(settings, plan)
+
+
+@main.command()
+def projector() -> None:
+    """Run the read model: project every topic into DuckDB and serve its queries over HTTP.
+
+    The file is METERING_DUCKDB_PATH (default <data dir>/metering.duckdb); the API listens
+    on METERING_API_HOST:METERING_API_PORT (port 0: a free one, printed at start).
+    """
+    from api.run import run_projector
+
+    settings = cli_settings()
+    run_projector(settings, cli_plan(settings))
 
 
 @main.command()
@@ -156,11 +105,11 @@ def send(file: Path) -> None:
 
     from metering.send import send_file
 
-    settings = _settings()
+    settings = cli_settings()
     started = time.monotonic()
     with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
         task = progress.add_task(f"sending {file.name}", total=file.stat().st_size)
-        report = _run(send_file(settings, file, lambda n: progress.advance(task, n)))
+        report = run_async(send_file(settings, file, lambda n: progress.advance(task, n)))
     elapsed = time.monotonic() - started
     total = sum(report.sent.values())
     for number, reason in report.rejected:
@@ -175,7 +124,7 @@ def send(file: Path) -> None:
 
 
 @main.command()
-@click.argument("month", callback=_month)
+@click.argument("month", callback=month_callback)
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for lines.")
 @click.option("--force", is_flag=True, help="Close a month that has not ended yet.")
 def close(month: str, timeout: float, force: bool) -> None:
@@ -187,8 +136,8 @@ def close(month: str, timeout: float, force: bool) -> None:
     """
     from streams.commands import request_close, wait_for_close
 
-    settings = _settings()
-    plan = _plan(settings)
+    settings = cli_settings()
+    plan = cli_plan(settings)
     now = dt.datetime.now(dt.UTC)
     if not force and month >= month_of(now, plan.zone):
         raise click.ClickException(f"{month} has not ended yet; use --force to close it anyway")
@@ -199,7 +148,7 @@ def close(month: str, timeout: float, force: bool) -> None:
         return await wait_for_close(settings, close_id, partitions, timeout)
 
     started = time.monotonic()
-    acks = _run(go())
+    acks = run_async(go())
     lines = sum(a.lines for a in acks)
     amount = sum((a.amount for a in acks), start=Decimal("0.00"))
     click.echo(
@@ -210,49 +159,7 @@ def close(month: str, timeout: float, force: bool) -> None:
 
 
 @main.command()
-@click.argument("month", callback=_month)
-@format_option
-def invoice(month: str, fmt: str) -> None:
-    """Invoice lines of invoice MONTH (usage of the month before, plus adjustments)."""
-    from metering.queries import as_rows, invoice_lines
-
-    settings = _settings()
-    rows = as_rows(_run(invoice_lines(settings, month)))
-    columns = LINE_TABLE_COLUMNS if fmt == "table" else LINE_COLUMNS
-    render(rows, fmt, f"Invoice {month} (usage of {previous_month(month)})", columns)
-    if fmt == "table":
-        total = sum((Decimal(r["amount"]) for r in rows), start=Decimal("0.00"))
-        click.echo(f"{len(rows)} lines, total {total:.2f}")
-
-
-@main.command()
-@click.argument("tenant")
-@click.argument("month", callback=_month)
-@format_option
-def usage(tenant: str, month: str, fmt: str) -> None:
-    """Usage of TENANT in MONTH per service, against what its users include."""
-    from metering.queries import usage_rows
-
-    settings = _settings()
-    rows = _run(usage_rows(settings, _plan(settings), tenant, month))
-    render(rows, fmt, f"Usage of {tenant} in {month}", USAGE_COLUMNS)
-
-
-@main.command()
-@click.argument("month", callback=_month)
-@format_option
-def crossings(month: str, fmt: str) -> None:
-    """Threshold crossings (warning, exceeded, package) of usage MONTH."""
-    from metering.queries import as_rows
-    from metering.queries import crossings as query
-
-    settings = _settings()
-    rows = as_rows(_run(query(settings, month)))
-    render(rows, fmt, f"Threshold crossings of {month}", CROSSING_COLUMNS)
-
-
-@main.command()
-@click.argument("month", callback=_month, required=False, default=None)
+@click.argument("month", callback=month_callback, required=False, default=None)
 @click.option("--tenants", default=25, show_default=True)
 @click.option("--seed", default=1, show_default=True)
 @click.option("--scale", default=1.0, show_default=True, help="Multiply per-tenant volumes.")
@@ -269,6 +176,16 @@ def generate(month: str | None, tenants: int, seed: int, scale: float, output: P
             count += 1
     click.echo(f"wrote {count} events of {month} for {tenants} tenants to {output}")
 
+
+def _register() -> None:
+    from metering.query_commands import COMMANDS
+    from metering.replay import replay
+
+    for command in (*COMMANDS, replay):
+        main.add_command(command)
+
+
+_register()
 
 if __name__ == "__main__":
     main()

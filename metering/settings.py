@@ -86,6 +86,14 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=2000, ge=1, le=100_000)
     batch_within: float = Field(default=0.1, gt=0, le=10)
     query_timeout: float = Field(default=60.0, gt=0)
+    duckdb_path: Path | None = Field(
+        default=None, description="The read model; default <data dir>/metering.duckdb."
+    )
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=0, ge=0, le=65535, description="0: a free port.")
+    api_url: str | None = Field(
+        default=None, description="Where queries go; unset: the local stack's API."
+    )
     ready_file: Path | None = Field(
         default=None, description="Written by a worker once it has partitions and state."
     )
@@ -132,6 +140,21 @@ class Settings(BaseSettings):
             raise SettingsError(
                 [
                     f"METERING_KAFKA_BOOTSTRAP is not set and no local stack runs in "
+                    f"{self.data_dir} (start one with `metering up --detach`)"
+                ]
+            ) from None
+        return str(recorded)
+
+    def api(self) -> str:
+        """The read-model API: configured, or the one `metering up` recorded in the data dir."""
+        if self.api_url:
+            return self.api_url.rstrip("/")
+        try:
+            recorded = json.loads(self.stack_file.read_text())["api_url"]
+        except (OSError, ValueError, KeyError):
+            raise SettingsError(
+                [
+                    f"METERING_API_URL is not set and no local stack with a projector runs in "
                     f"{self.data_dir} (start one with `metering up --detach`)"
                 ]
             ) from None

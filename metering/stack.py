@@ -1,4 +1,5 @@
-"""The local stack: a Kafka broker (unless one is configured), the topics and a worker.
+"""The local stack: a Kafka broker (unless one is configured), the topics, a worker and the
+projector with the read-model API.
 
 `run_stack` runs it in the foreground and records it in `<data dir>/stack.json`, so that every
 later command with the same data dir finds it; `start_detached` runs it in the background and
@@ -44,16 +45,20 @@ def _write_record(settings: Settings, **record: Any) -> None:
     tmp.replace(settings.stack_file)
 
 
-def _start_worker(settings: Settings, bootstrap: str, ready_file: Path) -> subprocess.Popen[bytes]:
+def _start(
+    component: str, settings: Settings, bootstrap: str, ready_file: Path
+) -> subprocess.Popen[bytes]:
+    """Start `metering COMPONENT` (worker, projector) in its own session, logging to a file."""
     env = dict(os.environ)
     env.update(
         METERING_KAFKA_BOOTSTRAP=bootstrap,
         METERING_DATA_DIR=str(settings.data_dir),
         METERING_READY_FILE=str(ready_file),
     )
-    log = (settings.data_dir / "worker.log").open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "metering.cli", "worker"],
+    ready_file.unlink(missing_ok=True)
+    log = (settings.data_dir / f"{component}.log").open("ab")
+    process = subprocess.Popen(  # noqa: S603 - `component` is one of our own subcommands
+        [sys.executable, "-m", "metering.cli", component],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -64,14 +69,21 @@ def _start_worker(settings: Settings, bootstrap: str, ready_file: Path) -> subpr
     return process
 
 
-def _wait_ready(process: subprocess.Popen[bytes], ready_file: Path, timeout: float) -> None:
+def _wait_ready(
+    component: str, process: subprocess.Popen[bytes], ready_file: Path, timeout: float
+) -> str:
     deadline = time.monotonic() + timeout
-    while not ready_file.exists():
+    while not ready_file.exists() or not ready_file.read_text().strip():
         if process.poll() is not None:
-            raise StackError(f"the worker exited with {process.returncode}; see worker.log")
+            raise StackError(
+                f"the {component} exited with {process.returncode}; see {component}.log"
+            )
         if time.monotonic() > deadline:
-            raise StackError(f"the worker was not ready within {timeout:.0f}s; see worker.log")
+            raise StackError(
+                f"the {component} was not ready within {timeout:.0f}s; see {component}.log"
+            )
         time.sleep(0.2)
+    return ready_file.read_text()
 
 
 def run_stack(settings: Settings, on_ready: Any = None, timeout: float = 180.0) -> None:
@@ -88,6 +100,7 @@ def run_stack(settings: Settings, on_ready: Any = None, timeout: float = 180.0) 
     signal.signal(signal.SIGINT, _stop)
     broker: Broker | None = None
     worker: subprocess.Popen[bytes] | None = None
+    projector: subprocess.Popen[bytes] | None = None
     try:
         bootstrap = settings.kafka_bootstrap
         if not bootstrap:
@@ -102,23 +115,26 @@ def run_stack(settings: Settings, on_ready: Any = None, timeout: float = 180.0) 
         _write_record(settings, **record)
         local = settings.model_copy(update={"kafka_bootstrap": bootstrap})
         asyncio.run(ensure_topics(local))
-        ready_file = settings.data_dir / "worker.ready"
-        ready_file.unlink(missing_ok=True)
-        worker = _start_worker(local, bootstrap, ready_file)
-        record["worker_pid"] = worker.pid
+        worker = _start("worker", local, bootstrap, settings.data_dir / "worker.ready")
+        projector = _start("projector", local, bootstrap, settings.data_dir / "projector.ready")
+        record.update(worker_pid=worker.pid, projector_pid=projector.pid)
         _write_record(settings, **record)
-        _wait_ready(worker, ready_file, timeout)
+        _wait_ready("worker", worker, settings.data_dir / "worker.ready", timeout)
+        ready = _wait_ready("projector", projector, settings.data_dir / "projector.ready", timeout)
+        record["api_url"] = json.loads(ready)["api_url"]
         record["ready"] = True
         _write_record(settings, **record)
         if on_ready is not None:
             on_ready(bootstrap)
         while not stop["now"]:
-            if worker.poll() is not None:
-                raise StackError(f"the worker exited with {worker.returncode}; see worker.log")
+            for name, process in (("worker", worker), ("projector", projector)):
+                if process.poll() is not None:
+                    raise StackError(f"the {name} exited with {process.returncode}; see {name}.log")
             time.sleep(0.2)
     finally:
-        if worker is not None:
-            stop_process(worker.pid, timeout=30)
+        for child in (worker, projector):
+            if child is not None:
+                stop_process(child.pid, timeout=30)
         if broker is not None:
             broker.stop()
         with contextlib.suppress(FileNotFoundError):
@@ -160,7 +176,7 @@ def stop_stack(settings: Settings, timeout: float = 60.0) -> bool:
         record = json.loads(settings.stack_file.read_text())
     except (OSError, ValueError):
         return False
-    pids = [record.get("pid"), record.get("worker_pid"), record.get("broker_pid")]
+    pids = [record.get(k) for k in ("pid", "worker_pid", "projector_pid", "broker_pid")]
     stop_process(int(record["pid"]), timeout)
     for pid in pids:  # whatever a killed supervisor could not stop itself
         if pid and is_alive(int(pid)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -63,11 +64,13 @@ class Stack:
         )
         asyncio.run(ensure_topics(settings))
 
-    def start_worker(self, **env: str) -> subprocess.Popen[bytes]:
-        ready = self.data_dir / f"worker-{uuid.uuid4().hex[:6]}.ready"
-        log = (self.data_dir / "worker.log").open("ab")
+    def start(self, component: str, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+        """Start `metering COMPONENT` and wait for its ready file; returns it and the file."""
+        ready = self.data_dir / f"{component}-{uuid.uuid4().hex[:6]}.ready"
+        log_path = self.data_dir / f"{component}.log"
+        log = log_path.open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "metering.cli", "worker"],
+            [sys.executable, "-m", "metering.cli", component],
             env={**self.env, "METERING_READY_FILE": str(ready), **env},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -76,13 +79,28 @@ class Stack:
         log.close()
         self.workers.append(process)
         deadline = time.monotonic() + 120
-        while not ready.exists():
+        while not ready.exists() or not ready.read_text().strip():
             if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(
-                    f"worker not ready:\n{(self.data_dir / 'worker.log').read_text()[-3000:]}"
-                )
-            time.sleep(0.2)
+                raise AssertionError(f"{component} not ready:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+        return process, ready.read_text()
+
+    def start_worker(self, **env: str) -> subprocess.Popen[bytes]:
+        return self.start("worker", **env)[0]
+
+    def start_projector(self, **env: str) -> subprocess.Popen[bytes]:
+        """A projector with its own DuckDB file; the CLI's queries go to its API from now on."""
+        process, ready = self.start("projector", **env)
+        self.env["METERING_API_URL"] = orjson.loads(ready)["api_url"]
         return process
+
+    def stop(self, process: subprocess.Popen[bytes], kill: bool = False) -> None:
+        if kill:
+            os.killpg(process.pid, signal.SIGKILL)
+        else:
+            stop_process(process.pid, timeout=30)
+        process.wait(timeout=30)
+        self.workers.remove(process)
 
     def stop_workers(self) -> None:
         for process in self.workers:

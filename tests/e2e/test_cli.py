@@ -14,7 +14,10 @@ import pytest
 from metering.broker import Broker, is_alive
 from projections.months import next_month, previous_month
 
-COMMANDS = ["up", "down", "worker", "send", "close", "invoice", "usage", "crossings", "generate"]
+COMMANDS = [
+    "up", "down", "worker", "projector", "send", "close", "invoice", "usage", "crossings",
+    "sql", "audit", "replay", "generate",
+]  # fmt: skip
 
 
 def metering(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -63,6 +66,7 @@ def test_bad_month_is_refused() -> None:
 def test_no_stack_says_how_to_start_one(tmp_path: Path) -> None:
     done = metering("crossings", "2026-10", env={"METERING_DATA_DIR": str(tmp_path)})
     assert done.returncode == 1
+    assert "no local stack with a projector runs in" in done.stderr
     assert "metering up --detach" in done.stderr
 
 
@@ -103,6 +107,6 @@ def test_up_send_close_invoice_down(tmp_path: Path) -> None:
         down = metering("down", env=env)
     assert down.returncode == 0
     assert "stopped" in down.stdout
-    for key in ("pid", "worker_pid", "broker_pid"):
+    for key in ("pid", "worker_pid", "projector_pid", "broker_pid"):
         assert not is_alive(int(record[key])), f"{key} still running after down"
     assert not (tmp_path / "data" / "stack.json").exists()

@@ -26,6 +26,7 @@ def test_last_month_closes_by_itself(stack: Stack) -> None:
     ]  # fmt: skip
     stack.create_topics()
     stack.cli("send", str(stack.write("events.jsonl", events)))
+    stack.start_projector()
     stack.start_worker(METERING_AUTO_CLOSE_GRACE="PT0S", METERING_AUTO_CLOSE_CHECK="0.5")
     deadline = time.monotonic() + 60
     lines: list[dict[str, str]] = []
@@ -35,4 +36,4 @@ def test_last_month_closes_by_itself(stack: Stack) -> None:
     assert [(ln["tenant"], ln["service"], ln["amount"]) for ln in lines] == [
         ("gamma", "form", "32.40")
     ]
-    assert lines[0]["provenance_close_id"] == f"auto-{last_month}"
+    assert lines[0]["close_id"] == f"auto-{last_month}"

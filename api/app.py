@@ -1,0 +1,147 @@
+"""HTTP over the read model (DESIGN.md section 5): invoices, usage, crossings, finance SQL and
+the audit. Every read first waits, boundedly, for the workers and the projector to catch up.
+Money leaves as strings, never as floats."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+from api.service import ReadModelService
+from projections.months import parse_month
+from projections.readmodel import queries
+from streams.progress import NotCaughtUp
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(
+        orjson.dumps(body, default=_default), status_code=status, media_type="application/json"
+    )
+
+
+def csv_response(rows: list[dict[str, Any]]) -> Response:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv(v) for k, v in row.items()})
+    return Response(buffer.getvalue(), media_type="text/csv")
+
+
+def _csv(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, dt.datetime) else value
+
+
+def _month(value: str) -> str:
+    try:
+        return parse_month(value)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
+class SqlRequest(BaseModel):
+    sql: str
+
+
+class ReplaceRequest(BaseModel):
+    path: str
+
+
+def create_api(service: ReadModelService) -> FastAPI:
+    app = FastAPI(title="metering read model", version="0.1.0")
+    wait = service.settings.query_timeout
+
+    async def fresh() -> None:
+        try:
+            await service.caught_up(wait)
+        except NotCaughtUp as exc:
+            raise HTTPException(503, str(exc)) from None
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        error = service.failed()
+        if error is not None or service.projector is None:
+            return json_response({"status": "not ready", "error": repr(error)}, 503)
+        return json_response({"status": "ready", "rows_written": service.projector.rows_written})
+
+    @app.get("/v1/invoices/{month}")
+    async def invoice(month: str, request: Request) -> Response:
+        month = _month(month)
+        await fresh()
+        with service.cursor() as cur:
+            lines = queries.invoice_lines(cur, month)
+        if "text/csv" in request.headers.get("accept", ""):
+            return csv_response(lines)
+        total = sum((Decimal(line["amount"]) for line in lines), Decimal("0.00"))
+        return json_response({"invoice_month": month, "lines": lines, "total": total})
+
+    @app.get("/v1/tenants/{tenant}/usage")
+    async def usage(tenant: str, month: str = Query(...)) -> Response:
+        month = _month(month)
+        await fresh()
+        with service.cursor() as cur:
+            rows = queries.usage(cur, tenant, month)
+        if not rows:
+            raise HTTPException(404, f"no usage of tenant {tenant!r} in {month}")
+        return json_response({"tenant": tenant, "month": month, "services": rows})
+
+    @app.get("/v1/threshold-crossings")
+    async def crossings(month: str = Query(...), tenant: str | None = None) -> Response:
+        month = _month(month)
+        await fresh()
+        with service.cursor() as cur:
+            rows = queries.crossings(cur, month, tenant)
+        return json_response({"usage_month": month, "crossings": rows})
+
+    @app.get("/v1/audit/{month}")
+    async def audit(month: str) -> Response:
+        month = _month(month)
+        await fresh()
+        try:
+            with service.cursor() as cur:
+                diffs = queries.audit(cur, month, service.settings.topics.usage)
+        except queries.QueryError as exc:
+            raise HTTPException(409, str(exc)) from None
+        return json_response({"usage_month": month, "differences": diffs})
+
+    @app.post("/v1/sql")
+    async def sql(body: SqlRequest, consistent: bool = True) -> Response:
+        if consistent:
+            await fresh()
+        try:
+            with service.cursor() as cur:
+                columns, rows = queries.read_only_sql(cur, body.sql)
+        except queries.QueryError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return json_response({"columns": columns, "rows": rows})
+
+    @app.post("/v1/admin/replace")
+    async def replace(body: ReplaceRequest) -> Response:
+        try:
+            return json_response(await service.replace(Path(body.path)))
+        except FileNotFoundError as exc:
+            raise HTTPException(404, str(exc)) from None
+
+    return app

@@ -1,0 +1,61 @@
+"""`metering projector`: the process that owns the DuckDB file, projects the topics into it
+and serves its queries over HTTP on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import uvicorn
+
+from api.app import create_api
+from api.service import ReadModelService
+from billing.plan import Plan
+from metering.settings import Settings
+
+
+async def serve(settings: Settings, plan: Plan) -> None:
+    service = ReadModelService(settings, plan)
+    await service.start()
+    config = uvicorn.Config(
+        create_api(service),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level=settings.log_level,
+        access_log=False,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    ready = asyncio.create_task(_announce(server, settings))
+    failure: list[BaseException] = []
+
+    async def watch() -> None:
+        # A projector that cannot write must not leave an API serving stale data forever:
+        # stop the process so that its supervisor sees it and restarts it.
+        failure.append(await service.wait_failed())
+        server.should_exit = True
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await server.serve()
+    finally:
+        ready.cancel()
+        watcher.cancel()
+        await service.stop()
+    if failure:
+        raise SystemExit(f"the projector failed: {failure[0]!r}")
+
+
+async def _announce(server: uvicorn.Server, settings: Settings) -> None:
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
+        await asyncio.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    url = f"http://{settings.api_host}:{port}"
+    print(f"read model API at {url}", flush=True)
+    if settings.ready_file is not None:
+        settings.ready_file.parent.mkdir(parents=True, exist_ok=True)
+        settings.ready_file.write_text(json.dumps({"api_url": url}))
+
+
+def run_projector(settings: Settings, plan: Plan) -> None:
+    asyncio.run(serve(settings, plan))

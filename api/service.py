@@ -1,0 +1,101 @@
+"""The read-model service: runs the projector in the background of the API process and lets
+requests read the same DuckDB file concurrently (each through its own cursor)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from billing.plan import Plan
+from metering.settings import Settings
+from projections.readmodel.projector import Projector
+from streams.kafka import end_offsets
+from streams.progress import NotCaughtUp, behind, wait_for_workers
+
+
+class ReadModelService:
+    def __init__(self, settings: Settings, plan: Plan) -> None:
+        self.settings = settings
+        self.plan = plan
+        self.projector: Projector | None = None
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.settings.duckdb_path or self.settings.data_dir / "metering.duckdb"
+
+    async def start(self) -> None:
+        self.projector = await asyncio.to_thread(Projector, self.settings, self.plan, self.path)
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self.projector.run(self._stop), name="projector")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.projector is not None:
+            self.projector.close()
+            self.projector = None
+
+    async def wait_failed(self) -> BaseException:
+        """Return the error that stops the projector (never returns while it runs)."""
+        while True:
+            task = self._task
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(task)
+                error = self.failed()
+                if error is not None:
+                    return error
+            await asyncio.sleep(0.5)
+
+    def failed(self) -> BaseException | None:
+        if self._task is not None and self._task.done() and not self._task.cancelled():
+            return self._task.exception()
+        return None
+
+    @contextlib.contextmanager
+    def cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if self.projector is None:
+            raise RuntimeError("the read model is not open")
+        with self.projector.reader() as cur:
+            yield cur
+
+    async def caught_up(self, wait_seconds: float) -> None:
+        """Wait until the workers and then this projector have everything written before now."""
+        deadline = time.monotonic() + wait_seconds
+        await wait_for_workers(self.settings, wait_seconds)
+        projector = self.projector
+        if projector is None:
+            raise NotCaughtUp("the read model is being replaced; try again")
+        ends = await end_offsets(self.settings, tuple(projector.tables))
+        while (missing := behind(projector.offsets(), ends)) > 0:
+            if error := self.failed():
+                raise NotCaughtUp(f"the projector stopped: {error!r}")
+            if time.monotonic() > deadline:
+                raise NotCaughtUp(f"the read model is {missing} records behind the topics")
+            await asyncio.sleep(0.05)
+
+    async def replace(self, path: Path) -> dict[str, Any]:
+        """Swap in a rebuilt file (from `metering replay`) and continue from its offsets."""
+        if not await asyncio.to_thread(path.exists):
+            raise FileNotFoundError(f"{path} does not exist")
+        await self.stop()
+        await asyncio.to_thread(_move, path, self.path)
+        await self.start()
+        return {"replaced": str(self.path)}
+
+
+def _move(source: Path, target: Path) -> None:
+    """Replace the read model file; a replayed file is closed, so it has no WAL to carry."""
+    os.replace(source, target)
+    target.with_name(target.name + ".wal").unlink(missing_ok=True)

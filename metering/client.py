@@ -1,0 +1,29 @@
+"""The CLI's side of the read-model API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+
+from metering.settings import Settings
+
+
+class ApiError(RuntimeError):
+    pass
+
+
+def request(settings: Settings, method: str, path: str, **kwargs: Any) -> Any:
+    url = settings.api() + path
+    try:
+        response = httpx.request(method, url, timeout=settings.query_timeout + 30, **kwargs)
+    except httpx.HTTPError as exc:
+        raise ApiError(f"cannot reach the read model at {url}: {exc}") from None
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise ApiError(f"{response.status_code}: {detail}")
+    return orjson.loads(response.content)

@@ -1,0 +1,1 @@
+"""The finance read model: topics projected into one DuckDB file, exactly once."""

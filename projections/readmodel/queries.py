@@ -1,0 +1,145 @@
+"""Finance queries over the read model; each takes a DuckDB cursor and returns plain rows."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+
+from projections.readmodel.schema import monthly_usage
+from schemas.records import CLOSE_REQUESTED
+
+CENT = Decimal("0.01")
+MAX_SQL_ROWS = 100_000
+READ_ONLY = {"SELECT", "EXPLAIN"}
+
+
+class QueryError(ValueError):
+    pass
+
+
+MONEY = {"amount", "unit_price", "recomputed_amount", "streamed_amount"}
+
+
+def decimal_text(name: str, value: Decimal) -> str:
+    """Exact text for a decimal column: money keeps its cents, quantities lose the padding
+    of their column type (130.000000000 GB -> 130)."""
+    if name in MONEY and value == value.quantize(CENT):
+        return str(value.quantize(CENT))
+    return format(value.normalize(), "f")
+
+
+def _rows(cur: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+    result = cur.execute(sql, params)
+    names = [d[0] for d in result.description or ()]
+    return [
+        {
+            name: decimal_text(name, value) if isinstance(value, Decimal) else value
+            for name, value in zip(names, row, strict=True)
+        }
+        for row in result.fetchall()
+    ]
+
+
+def invoice_lines(cur: duckdb.DuckDBPyConnection, month: str) -> list[dict[str, Any]]:
+    return _rows(
+        cur,
+        "SELECT * FROM invoice_lines WHERE invoice_month = ? "
+        "ORDER BY tenant, usage_month, service, kind",
+        [month],
+    )
+
+
+def crossings(
+    cur: duckdb.DuckDBPyConnection, month: str, tenant: str | None = None
+) -> list[dict[str, Any]]:
+    return _rows(
+        cur,
+        "SELECT * FROM threshold_crossings WHERE usage_month = ? AND (? IS NULL OR tenant = ?) "
+        "ORDER BY tenant, service, "
+        "CASE level WHEN 'warning' THEN 0 WHEN 'exceeded' THEN 1 ELSE 2 END, package",
+        [month, tenant, tenant],
+    )
+
+
+def usage(cur: duckdb.DuckDBPyConnection, tenant: str, month: str) -> list[dict[str, Any]]:
+    return _rows(
+        cur,
+        """
+        SELECT u.*, (SELECT string_agg(c.level || COALESCE(' ' || c.package, ''), ', '
+                             ORDER BY CASE c.level WHEN 'warning' THEN 0
+                                      WHEN 'exceeded' THEN 1 ELSE 2 END, c.package)
+                     FROM threshold_crossings c
+                     WHERE c.tenant = u.tenant AND c.usage_month = u.month
+                       AND c.service = u.service) AS crossings,
+               u.month IN (SELECT month FROM month_closes) AS closed
+        FROM usage_monthly u WHERE u.tenant = ? AND u.month = ?
+        ORDER BY list_position(['storage', 'mailing', 'customer_center', 'chat', 'form'],
+                               u.service)
+        """,
+        [tenant, month],
+    )
+
+
+def audit(cur: duckdb.DuckDBPyConnection, month: str, usage_topic: str) -> list[dict[str, Any]]:
+    """Recompute `month` from the raw archive (events before the last close that took effect
+    in each partition) and diff it against the streamed invoice lines. Empty: no difference."""
+    closed = cur.execute("SELECT count(*) FROM month_closes WHERE month = ?", [month]).fetchone()
+    if not closed or closed[0] == 0:
+        raise QueryError(f"{month} has not been closed; nothing to audit")
+    upto = f"""
+        SELECT "partition", max(took_effect) AS before FROM (
+            SELECT m."partition", m.data->>'$.close_id' AS close_id,
+                   greatest(min(m."offset") FILTER (WHERE m.forwarded_from IS NULL),
+                            min(m."offset") FILTER (WHERE m.forwarded_from IS NOT NULL))
+                     AS took_effect
+            FROM raw_events m
+            WHERE m.topic = '{usage_topic}' AND m.type = '{CLOSE_REQUESTED}'
+              AND EXISTS (SELECT 1 FROM month_closes c WHERE c.close_id = m.data->>'$.close_id'
+                          AND c."partition" = m."partition")
+            GROUP BY m."partition", close_id
+        ) GROUP BY "partition"
+    """  # noqa: S608 - the topic name is validated by Settings
+    tz = cur.execute("SELECT billing_timezone FROM plan_versions LIMIT 1").fetchone()
+    recomputed = monthly_usage(upto, tz[0] if tz else "UTC")
+    return _rows(
+        cur,
+        f"""
+        WITH expected AS (SELECT * FROM ({recomputed}) WHERE month = ?),
+        streamed AS (
+            SELECT tenant, service, sum(packages) AS packages, sum(amount) AS amount,
+                   count(*) AS lines
+            FROM invoice_lines WHERE usage_month = ? GROUP BY tenant, service)
+        SELECT COALESCE(e.tenant, s.tenant) AS tenant, COALESCE(e.service, s.service) AS service,
+               e.usage AS recomputed_usage, e.users AS recomputed_users,
+               COALESCE(e.packages, 0) AS recomputed_packages,
+               COALESCE(s.packages, 0) AS streamed_packages,
+               COALESCE(e.amount, 0) AS recomputed_amount, COALESCE(s.amount, 0) AS streamed_amount,
+               COALESCE(s.lines, 0) AS streamed_lines
+        FROM expected e FULL JOIN streamed s ON e.tenant = s.tenant AND e.service = s.service
+        WHERE COALESCE(e.amount, 0) <> COALESCE(s.amount, 0)
+           OR COALESCE(e.packages, 0) <> COALESCE(s.packages, 0)
+        ORDER BY 1, 2
+        """,  # noqa: S608 - our own SQL; month values are bound
+        [month, month],
+    )
+
+
+def read_only_sql(cur: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[Any]]:
+    """Run finance SQL: SELECT (or EXPLAIN) statements only, at most MAX_SQL_ROWS rows."""
+    try:
+        statements = cur.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError(str(exc)) from None
+    if len(statements) != 1:
+        raise QueryError("send exactly one statement")
+    if statements[0].type.name not in READ_ONLY:
+        raise QueryError(f"only SELECT is allowed here, not {statements[0].type.name}")
+    try:
+        result = cur.execute(sql)
+        names = [d[0] for d in result.description or ()]
+        rows = result.fetchmany(MAX_SQL_ROWS)
+    except duckdb.Error as exc:
+        raise QueryError(str(exc)) from None
+    return names, rows

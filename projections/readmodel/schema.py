@@ -1,0 +1,215 @@
+"""The read model's tables and views (DuckDB). Documented for finance in README.md.
+
+Tables are written only by the projector; views derive monthly usage from the raw archive
+with the plan, so that what finance sees and what `audit` recomputes is one piece of SQL.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import duckdb
+
+from billing.plan import Plan
+from schemas.usage import USAGE_TYPES
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS offsets (
+    topic VARCHAR NOT NULL, "partition" INTEGER NOT NULL, next_offset BIGINT NOT NULL,
+    PRIMARY KEY (topic, "partition"));
+CREATE TABLE IF NOT EXISTS raw_events (
+    topic VARCHAR NOT NULL, "partition" INTEGER NOT NULL, "offset" BIGINT NOT NULL,
+    log_time TIMESTAMPTZ NOT NULL, key VARCHAR, forwarded_from VARCHAR,
+    type VARCHAR, source VARCHAR, id VARCHAR, subject VARCHAR, time TIMESTAMPTZ,
+    data JSON, payload VARCHAR);
+CREATE TABLE IF NOT EXISTS invoice_lines (
+    id VARCHAR PRIMARY KEY, invoice_month VARCHAR NOT NULL, usage_month VARCHAR NOT NULL,
+    tenant VARCHAR NOT NULL, service VARCHAR NOT NULL, kind VARCHAR NOT NULL,
+    usage DECIMAL(38, 9) NOT NULL, unit VARCHAR, users BIGINT, included DECIMAL(38, 9),
+    packages BIGINT NOT NULL, unit_price DECIMAL(18, 4) NOT NULL, amount DECIMAL(18, 2) NOT NULL,
+    currency VARCHAR NOT NULL, plan_version VARCHAR NOT NULL, events BIGINT,
+    "partition" INTEGER, first_offset BIGINT, last_offset BIGINT, close_id VARCHAR);
+CREATE TABLE IF NOT EXISTS threshold_crossings (
+    id VARCHAR PRIMARY KEY, tenant VARCHAR NOT NULL, service VARCHAR NOT NULL,
+    usage_month VARCHAR NOT NULL, level VARCHAR NOT NULL, package INTEGER,
+    usage HUGEINT, included HUGEINT, users BIGINT, crossed_by VARCHAR, crossed_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id VARCHAR PRIMARY KEY, topic VARCHAR, "partition" INTEGER, "offset" BIGINT,
+    reason VARCHAR NOT NULL, field VARCHAR, detail VARCHAR, payload VARCHAR);
+CREATE TABLE IF NOT EXISTS month_closes (
+    id VARCHAR PRIMARY KEY, close_id VARCHAR NOT NULL, month VARCHAR NOT NULL,
+    "partition" INTEGER NOT NULL, tenants BIGINT, lines BIGINT, amount DECIMAL(18, 2));
+CREATE TABLE IF NOT EXISTS plan_versions (
+    version VARCHAR PRIMARY KEY, effective_from DATE NOT NULL, currency VARCHAR NOT NULL,
+    billing_timezone VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS plan_rates (
+    version VARCHAR NOT NULL, service VARCHAR NOT NULL, band INTEGER NOT NULL,
+    max_users BIGINT, included HUGEINT NOT NULL, package HUGEINT NOT NULL,
+    price DECIMAL(18, 4) NOT NULL, unit VARCHAR NOT NULL, unit_size BIGINT NOT NULL,
+    unit_factor DECIMAL(38, 18) NOT NULL);
+"""
+
+
+def _service_case(column: str) -> str:
+    whens = " ".join(f"WHEN '{t}' THEN '{s.value}'" for t, s in USAGE_TYPES.items())
+    return f"CASE {column} {whens} END"
+
+
+NO_CUTOFF = 'SELECT NULL::INTEGER AS "partition", NULL::BIGINT AS before WHERE false'
+
+
+def monthly_usage(upto: str, tz: str) -> str:
+    """Usage, users, band, included, packages and amount per tenant, month and service, from
+    the accepted, deduplicated usage events; `upto` selects `(partition, before)`: only
+    events at offsets below `before` count in that partition (no row: all count)."""
+    # Only our own SQL and a validated time-zone name are interpolated, never user input.
+    return f"""
+WITH upto AS ({upto}), counted AS (
+    SELECT * FROM usage_events u
+    WHERE u."offset" < COALESCE((SELECT x.before FROM upto x WHERE x."partition" = u."partition"),
+                                9223372036854775807)
+    QUALIFY row_number() OVER (PARTITION BY tenant, source, id ORDER BY "partition", "offset") = 1
+), sums AS (
+    SELECT tenant, month, service, count(*) AS events, min("offset") AS first_offset,
+           max("offset") AS last_offset,
+           CASE WHEN service = 'storage' THEN max(amount) ELSE sum(amount) END AS usage
+    FROM counted GROUP BY tenant, month, service
+), grid AS (
+    -- every service of every tenant-month with any usage, so a view row exists for each
+    SELECT k.tenant, k.month, s.service, COALESCE(x.events, 0) AS events, x.first_offset,
+           x.last_offset, COALESCE(x.usage, 0) AS usage
+    FROM (SELECT DISTINCT tenant, month FROM sums) k
+    CROSS JOIN (SELECT DISTINCT service FROM plan_rates) s
+    LEFT JOIN sums x ON x.tenant = k.tenant AND x.month = k.month AND x.service = s.service
+), bounds AS (
+    SELECT *, timezone('{tz}', strptime(month || '-01', '%Y-%m-%d')::TIMESTAMP) AS starts,
+           timezone('{tz}', (strptime(month || '-01', '%Y-%m-%d') + INTERVAL 1 MONTH)::TIMESTAMP)
+             AS ends
+    FROM grid
+), snaps AS (
+    SELECT * FROM licence_snapshots s
+    WHERE s."offset" < COALESCE((SELECT x.before FROM upto x WHERE x."partition" = s."partition"),
+                                9223372036854775807)
+), with_users AS (
+    SELECT b.*, greatest(
+        COALESCE((SELECT s.users FROM snaps s WHERE s.tenant = b.tenant AND s.time <= b.starts
+                  ORDER BY s.time DESC, s.users DESC LIMIT 1), 0),
+        COALESCE((SELECT max(s.users) FROM snaps s WHERE s.tenant = b.tenant
+                  AND s.time > b.starts AND s.time < b.ends), 0)) AS users,
+        (SELECT v.version FROM plan_versions v
+          WHERE v.effective_from <= strptime(b.month || '-01', '%Y-%m-%d')::DATE
+          ORDER BY v.effective_from DESC LIMIT 1) AS plan_version
+    FROM bounds b
+), rated AS (
+    SELECT w.*, r.band, r.included, r.package, r.price, r.unit, r.unit_factor, v.currency,
+           CASE WHEN w.usage > r.included
+                THEN (w.usage - r.included + r.package - 1) // r.package ELSE 0 END AS packages
+    FROM with_users w
+    JOIN plan_versions v ON v.version = w.plan_version
+    JOIN plan_rates r ON r.version = w.plan_version AND r.service = w.service
+     AND w.users <= COALESCE(r.max_users, 9223372036854775807)
+    QUALIFY row_number() OVER (PARTITION BY w.tenant, w.month, w.service ORDER BY r.band) = 1
+)
+-- DuckDB divides decimals into DOUBLE; multiplying by the exact 1/unit_size keeps DECIMAL.
+SELECT tenant, month, service, (usage::DECIMAL(38, 0) * unit_factor)::DECIMAL(38, 9) AS usage,
+       unit, users, band, (included::DECIMAL(38, 0) * unit_factor)::DECIMAL(38, 9) AS included,
+       CASE WHEN included = 0 THEN NULL
+            ELSE ((usage * 1000 + included // 2) // included)::DECIMAL(38, 0) * 0.1 END
+         AS percent,
+       packages::BIGINT AS packages, price AS unit_price,
+       round(packages::DECIMAL(38, 0) * price, 2)::DECIMAL(18, 2) AS amount, currency,
+       plan_version, events, first_offset, last_offset
+FROM rated"""
+
+
+def views(usage_topic: str, tz: str) -> str:
+    """Views over the raw archive; `usage_topic` is where usage and forwarded licences live."""
+    usage_types = ", ".join(f"'{t}'" for t in USAGE_TYPES)
+    # Topic names are validated by Settings ([A-Za-z0-9._-]), time zones by ZoneInfo.
+    return f"""
+CREATE OR REPLACE VIEW rejected AS
+SELECT r.*, d.reason, d.field, d.detail
+FROM raw_events r JOIN dead_letters d
+  ON d.topic = r.topic AND d."partition" = r."partition" AND d."offset" = r."offset";
+
+CREATE OR REPLACE VIEW usage_events AS
+SELECT r."partition", r."offset", r.log_time, r.subject AS tenant, r.source, r.id, r.time,
+       {_service_case("r.type")} AS service,
+       strftime(timezone('{tz}', r.time), '%Y-%m') AS month,
+       CASE WHEN r.type = 'metering.storage.measured'
+            THEN TRY_CAST(r.data->>'$.bytes' AS HUGEINT)
+            ELSE COALESCE(TRY_CAST(r.data->>'$.quantity' AS HUGEINT), 1) END AS amount
+FROM raw_events r
+WHERE r.topic = '{usage_topic}' AND r.forwarded_from IS NULL AND r.type IN ({usage_types})
+  AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.topic = r.topic
+                  AND d."partition" = r."partition" AND d."offset" = r."offset");
+
+CREATE OR REPLACE VIEW licence_snapshots AS
+SELECT r."partition", r."offset", r.subject AS tenant, r.time,
+       TRY_CAST(r.data->>'$.users' AS BIGINT) AS users
+FROM raw_events r
+WHERE r.topic = '{usage_topic}' AND r.type = 'licensing.licenses.changed'
+  AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.topic = r.topic
+                  AND d."partition" = r."partition" AND d."offset" = r."offset");
+
+CREATE OR REPLACE VIEW usage_monthly AS
+{monthly_usage(NO_CUTOFF, tz)};
+
+CREATE OR REPLACE VIEW tenants AS
+SELECT subject AS tenant, arg_max(data->>'$.company', time) AS company,
+       arg_max(data->>'$.serial_number', time) AS serial_number,
+       arg_max(data->>'$.database.type', time) AS database_type
+FROM raw_events WHERE type = 'licensing.tenant.registered' AND forwarded_from IS NULL
+GROUP BY ALL;
+
+CREATE OR REPLACE VIEW licences AS
+SELECT subject AS tenant, time, TRY_CAST(data->>'$.users' AS BIGINT) AS users,
+       data->'$.modules' AS modules, data->>'$.expires_on' AS expires_on,
+       data->>'$.grace_to' AS grace_to, "partition", "offset"
+FROM raw_events WHERE type = 'licensing.licenses.changed' AND forwarded_from IS NULL
+  AND topic <> '{usage_topic}';
+
+CREATE OR REPLACE VIEW system_events AS
+SELECT subject AS tenant, type, time, data->>'$.key' AS key, data->>'$.scope' AS scope,
+       data->>'$.owner' AS owner, data->>'$.status' AS status, data->>'$.message' AS message,
+       data->>'$.activated_at' AS activated_at, data->>'$.activated_by' AS activated_by,
+       data->>'$.eta' AS eta, "partition", "offset"
+FROM raw_events WHERE type LIKE 'system.event.%';
+"""
+
+
+def load_plan_tables(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
+    con.execute("DELETE FROM plan_versions")
+    con.execute("DELETE FROM plan_rates")
+    for version in plan.versions:
+        con.execute(
+            "INSERT INTO plan_versions VALUES (?, ?, ?, ?)",
+            [version.version, version.effective_from, version.currency, version.billing_timezone],
+        )
+        bounds: list[int | None] = [*version.user_bands, None]
+        for service, rate in version.services.items():
+            for band, (bound, included) in enumerate(zip(bounds, rate.included, strict=True), 1):
+                con.execute(
+                    "INSERT INTO plan_rates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        version.version,
+                        service.value,
+                        band,
+                        bound,
+                        included * rate.unit_size,
+                        rate.package * rate.unit_size,
+                        rate.price,
+                        rate.unit,
+                        rate.unit_size,
+                        Decimal(1) / Decimal(rate.unit_size),  # exact: a power of ten
+                    ],
+                )
+
+
+def create(con: duckdb.DuckDBPyConnection, plan: Plan, usage_topic: str) -> None:
+    """Create or upgrade the schema and (re)load the plan; idempotent."""
+    con.execute("BEGIN")
+    con.execute(TABLES)
+    load_plan_tables(con, plan)
+    con.execute(views(usage_topic, plan.versions[0].billing_timezone))
+    con.execute("COMMIT")
