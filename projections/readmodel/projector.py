@@ -116,6 +116,7 @@ class Projector:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_wait_ms=100,  # queries wait for the projector: keep its idle rounds short
             **self.settings.kafka_options(),
         )
         await consumer.start()
@@ -125,8 +126,10 @@ class Projector:
             for tp in tps:
                 if tp in stored:
                     consumer.seek(tp, stored[tp])
-                else:
-                    await consumer.seek_to_beginning(tp)
+            # One reset for all: each awaited reset would wait out a whole fetch round.
+            fresh = [tp for tp in tps if tp not in stored]
+            if fresh:
+                await consumer.seek_to_beginning(*fresh)
             while not stop.is_set():
                 if until is not None and _reached(self.offsets(), until):
                     return

@@ -1,0 +1,188 @@
+"""Read-model benchmark: projector throughput (Kafka -> DuckDB) and audit time.
+
+Baselines from the same run, on the same rows:
+- a plain aiokafka consumer reading the same topic (what Kafka alone costs),
+- DuckDB's own bulk load of the same rows from Parquet (what DuckDB alone costs),
+- a single GROUP BY scan of the raw archive (the least an audit must read).
+
+    python -m bench.readmodel --events 10000000     # the full run (make bench)
+    python -m bench.readmodel --quick               # 20,000 events, for CI
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from billing.plan import load_plan
+from metering.broker import start_broker
+from metering.generate import generate_month
+from metering.settings import Settings
+from projections.months import month_of, previous_month
+from projections.readmodel import queries
+from projections.readmodel.projector import Projector
+from streams.kafka import end_offsets, ensure_topics, partitions_of, producer
+
+RESULTS = Path(__file__).with_name("results")
+
+
+async def produce(settings: Settings, events: int, month: str) -> int:
+    """Write `events` generated usage events (2 % duplicates included) to the usage topic."""
+    tenants = max(1, events // 1000 + 1)  # a tenant-month is about 1,350 usage events
+    sent = 0
+    async with producer(settings, linger_ms=50, max_batch_size=512 * 1024) as client:
+        pending = []
+        for event in generate_month(month, tenants, seed=42):
+            if not event["type"].startswith("metering."):
+                continue
+            pending.append(
+                await client.send(
+                    settings.topics.usage, orjson.dumps(event), key=event["subject"].encode()
+                )
+            )
+            sent += 1
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+            if sent >= events:
+                break
+        await asyncio.gather(*pending)
+    return sent
+
+
+async def consume_baseline(settings: Settings) -> tuple[int, float]:
+    """Read and JSON-decode every record of the usage topic with a plain consumer."""
+    tps = await partitions_of(settings, settings.topics.usage)
+    ends = await end_offsets(settings, (settings.topics.usage,))
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap(),
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    await consumer.start()
+    count = 0
+    started = time.perf_counter()
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        remaining = {tp: end for tp, end in ends.items() if end > 0}
+        while remaining:
+            batches = await consumer.getmany(timeout_ms=500, max_records=20_000)
+            for tp, records in batches.items():
+                for record in records:
+                    orjson.loads(record.value or b"{}")
+                count += len(records)
+                if records and records[-1].offset + 1 >= remaining.get(tp, 0):
+                    remaining.pop(tp, None)
+    finally:
+        await consumer.stop()
+    return count, time.perf_counter() - started
+
+
+def timed(fn: Any) -> tuple[Any, float]:
+    started = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - started
+
+
+def run(events: int, bootstrap: str | None, workdir: Path) -> dict[str, Any]:
+    broker = None
+    if bootstrap is None:
+        broker = start_broker(workdir / "kafka", Settings().cache_dir)
+        bootstrap = broker.bootstrap
+    try:
+        settings = Settings(
+            kafka_bootstrap=bootstrap, topic_prefix=f"bench-{uuid.uuid4().hex[:6]}-", partitions=8
+        )
+        month = previous_month(previous_month(month_of(dt.datetime.now(dt.UTC), dt.UTC)))
+        asyncio.run(ensure_topics(settings))
+        sent, produce_s = timed(lambda: asyncio.run(produce(settings, events, month)))
+        (consumed, consume_s) = asyncio.run(consume_baseline(settings))
+
+        path = workdir / "readmodel.duckdb"
+        projector = Projector(settings, load_plan(), path)
+
+        async def project() -> None:
+            ends = await end_offsets(settings, tuple(projector.tables))
+            await projector.run(asyncio.Event(), until=ends)
+
+        _, project_s = timed(lambda: asyncio.run(project()))
+        rows = projector.rows_written
+
+        parquet = workdir / "raw.parquet"
+        with projector.reader() as cur:
+            cur.execute(f"COPY raw_events TO '{parquet}' (FORMAT parquet)")
+        bulk = duckdb.connect(str(workdir / "bulk.duckdb"))
+        _, bulk_s = timed(
+            lambda: bulk.execute(f"CREATE TABLE raw AS FROM read_parquet('{parquet}')")
+        )
+        bulk.close()
+
+        with projector.reader() as cur:
+            # A close that took effect at the end of every partition, so that audit has a month.
+            cur.execute(
+                "INSERT INTO month_closes SELECT 'bench-' || p, 'bench', ?, p, 0, 0, 0 "
+                "FROM range(?) t(p)",
+                [month, settings.partitions],
+            )
+            _, scan_s = timed(
+                lambda: cur.execute(
+                    "SELECT subject, type, sum(TRY_CAST(data->>'$.quantity' AS BIGINT)) "
+                    "FROM raw_events GROUP BY ALL"
+                ).fetchall()
+            )
+            diffs, audit_s = timed(lambda: queries.audit(cur, month, settings.topics.usage))
+        projector.close()
+        return {
+            "events": sent,
+            "produce_events_per_s": sent / produce_s,
+            "baseline_consume_events_per_s": consumed / consume_s,
+            "projector_rows": rows,
+            "projector_rows_per_s": rows / project_s,
+            "projector_vs_consume": (rows / project_s) / (consumed / consume_s),
+            "baseline_parquet_load_rows_per_s": rows / bulk_s,
+            "projector_vs_parquet_load": (rows / project_s) / (rows / bulk_s),
+            "audit_seconds": audit_s,
+            "audit_tenant_services": len(diffs),
+            "baseline_scan_seconds": scan_s,
+            "audit_vs_scan": audit_s / scan_s,
+        }
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--quick", action="store_true", help="20,000 events: checks the harness")
+    parser.add_argument("--bootstrap", default=os.environ.get("METERING_KAFKA_BOOTSTRAP"))
+    args = parser.parse_args()
+    events = 20_000 if args.quick else args.events
+    with tempfile.TemporaryDirectory(prefix="bench-readmodel-") as tmp:
+        figures = run(events, args.bootstrap, Path(tmp))
+    width = max(map(len, figures))
+    for name, value in figures.items():
+        shown = f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"
+        print(f"{name:<{width}}  {shown:>16}")
+    RESULTS.mkdir(exist_ok=True)
+    name = "readmodel-quick.json" if args.quick else "readmodel.json"
+    (RESULTS / name).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
