@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka lint format typecheck schemas test test-unit demo check clean
+.PHONY: help install kafka lint format typecheck schemas test test-unit demo bench bench-quick check clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
@@ -44,7 +44,13 @@ test: install kafka ## All tests: unit, integration and e2e against a real local
 demo: install kafka ## Run the demo: local stack, a generated month, close, invoice, stop
 	scripts/demo.sh
 
-check: lint typecheck test ## What CI runs
+bench: install kafka ## Benchmarks at full size (10M events for the read model; long)
+	$(BIN)/python -m bench.readmodel --events 10000000
+
+bench-quick: install kafka ## Benchmarks at a size that only checks the harness (CI)
+	$(BIN)/python -m bench.readmodel --quick
+
+check: lint typecheck test bench-quick ## What CI runs
 
 clean: ## Remove the virtualenv and local data (not the Kafka jar cache)
 	rm -rf $(VENV) .metering .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo: a local Kafka broker and worker, a generated month of usage for 25 tenants across
+# The demo: a local Kafka broker, a worker and the read model, a generated month of usage for 25 tenants across
 # all five services with licence snapshots, the month closed and its invoice printed; then
 # everything is stopped again, also on failure or Ctrl-C.
 set -euo pipefail
@@ -31,4 +31,5 @@ print(f"end to end: {events} events sent, counted and invoiced in {end - start:.
       f"({events / (end - start):,.0f} events/s)")
 PY
 $metering invoice "$invoice_month"
+$metering audit "$month"
 $metering down
