@@ -130,35 +130,29 @@ class Settings(BaseSettings):
     def stack_file(self) -> Path:
         return self.data_dir / "stack.json"
 
+    def _recorded(self, key: str, variable: str, what: str) -> str:
+        """A value `metering up` recorded in the data dir, or an error saying what to do."""
+        try:
+            return str(json.loads(self.stack_file.read_text())[key])
+        except (OSError, ValueError, KeyError):
+            raise SettingsError(
+                [
+                    f"{variable} is not set and no local stack{what} runs in {self.data_dir} "
+                    f"(start one with `metering up --detach`)"
+                ]
+            ) from None
+
     def bootstrap(self) -> str:
         """The configured bootstrap, or the one `metering up` recorded in the data dir."""
         if self.kafka_bootstrap:
             return self.kafka_bootstrap
-        try:
-            recorded = json.loads(self.stack_file.read_text())["bootstrap"]
-        except (OSError, ValueError, KeyError):
-            raise SettingsError(
-                [
-                    f"METERING_KAFKA_BOOTSTRAP is not set and no local stack runs in "
-                    f"{self.data_dir} (start one with `metering up --detach`)"
-                ]
-            ) from None
-        return str(recorded)
+        return self._recorded("bootstrap", "METERING_KAFKA_BOOTSTRAP", "")
 
     def api(self) -> str:
         """The read-model API: configured, or the one `metering up` recorded in the data dir."""
         if self.api_url:
             return self.api_url.rstrip("/")
-        try:
-            recorded = json.loads(self.stack_file.read_text())["api_url"]
-        except (OSError, ValueError, KeyError):
-            raise SettingsError(
-                [
-                    f"METERING_API_URL is not set and no local stack with a projector runs in "
-                    f"{self.data_dir} (start one with `metering up --detach`)"
-                ]
-            ) from None
-        return str(recorded)
+        return self._recorded("api_url", "METERING_API_URL", " with a projector")
 
     def kafka_options(self) -> dict[str, Any]:
         """Security options for aiokafka clients; the password stays a secret until here."""

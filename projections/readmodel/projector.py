@@ -48,6 +48,11 @@ class Projector:
         self.rows_written = 0
         self._lock = threading.Lock()  # one writer transaction at a time
         self.con = self._open()
+        # The DDL in schema.py is the one description of each table; Arrow follows it.
+        self.schemas = {
+            table: self.con.sql(f"SELECT * FROM {table} LIMIT 0").to_arrow_table().schema  # noqa: S608
+            for table in set(self.tables.values())
+        }
 
     def _open(self) -> duckdb.DuckDBPyConnection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +90,7 @@ class Projector:
             con.execute("BEGIN")
             try:
                 for table, rows in by_table.items():
-                    con.register("batch", to_arrow(table, rows))
+                    con.register("batch", to_arrow(self.schemas[table], rows))
                     # Output ids are unique: a record the worker sent twice is one row. The
                     # archive has no key; the offsets alone keep it free of duplicates.
                     verb = "INSERT" if table == "raw_events" else "INSERT OR IGNORE"

@@ -1,4 +1,4 @@
-"""Kafka records -> Arrow tables, one per read-model table (pure: no Kafka, no DuckDB)."""
+"""Kafka records -> rows -> Arrow tables for the read model (pure: no Kafka, no DuckDB)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from pydantic import BaseModel, ValidationError
 from schemas.records import DeadLetter, InvoiceLine, MonthClosed, ThresholdCrossed
 
 FORWARDED_FROM = "metering-forwarded-from"
-TZ = "UTC"
 
 
 @dataclass(frozen=True)
@@ -26,89 +25,6 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: Sequence[tuple[str, bytes]] = ()
-
-
-SCHEMAS: dict[str, pa.Schema] = {
-    "raw_events": pa.schema(
-        [
-            ("topic", pa.string()),
-            ("partition", pa.int32()),
-            ("offset", pa.int64()),
-            ("log_time", pa.timestamp("us", tz=TZ)),
-            ("key", pa.string()),
-            ("forwarded_from", pa.string()),
-            ("type", pa.string()),
-            ("source", pa.string()),
-            ("id", pa.string()),
-            ("subject", pa.string()),
-            ("time", pa.timestamp("us", tz=TZ)),
-            ("data", pa.string()),
-            ("payload", pa.string()),
-        ]
-    ),
-    "invoice_lines": pa.schema(
-        [
-            ("id", pa.string()),
-            ("invoice_month", pa.string()),
-            ("usage_month", pa.string()),
-            ("tenant", pa.string()),
-            ("service", pa.string()),
-            ("kind", pa.string()),
-            ("usage", pa.decimal128(38, 9)),
-            ("unit", pa.string()),
-            ("users", pa.int64()),
-            ("included", pa.decimal128(38, 9)),
-            ("packages", pa.int64()),
-            ("unit_price", pa.decimal128(18, 4)),
-            ("amount", pa.decimal128(18, 2)),
-            ("currency", pa.string()),
-            ("plan_version", pa.string()),
-            ("events", pa.int64()),
-            ("partition", pa.int32()),
-            ("first_offset", pa.int64()),
-            ("last_offset", pa.int64()),
-            ("close_id", pa.string()),
-        ]
-    ),
-    "threshold_crossings": pa.schema(
-        [
-            ("id", pa.string()),
-            ("tenant", pa.string()),
-            ("service", pa.string()),
-            ("usage_month", pa.string()),
-            ("level", pa.string()),
-            ("package", pa.int32()),
-            ("usage", pa.decimal128(38, 0)),
-            ("included", pa.decimal128(38, 0)),
-            ("users", pa.int64()),
-            ("crossed_by", pa.string()),
-            ("crossed_at", pa.timestamp("us", tz=TZ)),
-        ]
-    ),
-    "dead_letters": pa.schema(
-        [
-            ("id", pa.string()),
-            ("topic", pa.string()),
-            ("partition", pa.int32()),
-            ("offset", pa.int64()),
-            ("reason", pa.string()),
-            ("field", pa.string()),
-            ("detail", pa.string()),
-            ("payload", pa.string()),
-        ]
-    ),
-    "month_closes": pa.schema(
-        [
-            ("id", pa.string()),
-            ("close_id", pa.string()),
-            ("month", pa.string()),
-            ("partition", pa.int32()),
-            ("tenants", pa.int64()),
-            ("lines", pa.int64()),
-            ("amount", pa.decimal128(18, 2)),
-        ]
-    ),
-}
 
 
 def _text(value: bytes | None) -> str | None:
@@ -195,8 +111,8 @@ def rows_for(table: str, record: Record) -> dict[str, Any] | None:
     return _model_row(OUTPUT_MODELS[table], record)
 
 
-def to_arrow(table: str, rows: Iterable[dict[str, Any]]) -> pa.Table:
-    schema = SCHEMAS[table]
+def to_arrow(schema: pa.Schema, rows: Iterable[dict[str, Any]]) -> pa.Table:
+    """Rows as an Arrow table of the target table's own schema (read from DuckDB)."""
     return pa.Table.from_pylist(
         [{name: row.get(name) for name in schema.names} for row in rows], schema=schema
     )
