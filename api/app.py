@@ -143,5 +143,7 @@ def create_api(service: ReadModelService) -> FastAPI:
             return json_response(await service.replace(Path(body.path)))
         except FileNotFoundError as exc:
             raise HTTPException(404, str(exc)) from None
+        except PermissionError as exc:
+            raise HTTPException(403, str(exc)) from None
 
     return app

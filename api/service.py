@@ -87,6 +87,9 @@ class ReadModelService:
 
     async def replace(self, path: Path) -> dict[str, Any]:
         """Swap in a rebuilt file (from `metering replay`) and continue from its offsets."""
+        if not await asyncio.to_thread(_beside, path, self.path):
+            # Only a file rebuilt beside the live one: the API must not load arbitrary files.
+            raise PermissionError(f"{path} is not in {self.path.parent}")
         if not await asyncio.to_thread(path.exists):
             raise FileNotFoundError(f"{path} does not exist")
         await self.stop()
@@ -99,3 +102,7 @@ def _move(source: Path, target: Path) -> None:
     """Replace the read model file; a replayed file is closed, so it has no WAL to carry."""
     os.replace(source, target)
     target.with_name(target.name + ".wal").unlink(missing_ok=True)
+
+
+def _beside(candidate: Path, live: Path) -> bool:
+    return candidate.resolve().parent == live.resolve().parent

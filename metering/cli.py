@@ -45,7 +45,10 @@ def up(detach: bool) -> None:
     try:
         if detach:
             record = start_detached(settings)
-            click.echo(f"stack ready: Kafka at {record['bootstrap']}, data in {settings.data_dir}")
+            click.echo(
+                f"stack ready: Kafka at {record['bootstrap']}, read model API at "
+                f"{record['api_url']}, data in {settings.data_dir}"
+            )
             return
         run_stack(
             settings, on_ready=lambda b: click.echo(f"stack ready: Kafka at {b}; Ctrl-C stops it")
