@@ -126,7 +126,7 @@ def audit(cur: duckdb.DuckDBPyConnection, month: str, usage_topic: str) -> list[
     )
 
 
-def read_only_sql(cur: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[Any]]:
+def read_only_sql(cur: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[list[Any]]]:
     """Run finance SQL: SELECT (or EXPLAIN) statements only, at most MAX_SQL_ROWS rows."""
     try:
         statements = cur.extract_statements(sql)
@@ -139,7 +139,13 @@ def read_only_sql(cur: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], 
     try:
         result = cur.execute(sql)
         names = [d[0] for d in result.description or ()]
-        rows = result.fetchmany(MAX_SQL_ROWS)
+        rows = [
+            [
+                decimal_text(name, value) if isinstance(value, Decimal) else value
+                for name, value in zip(names, row, strict=True)
+            ]
+            for row in result.fetchmany(MAX_SQL_ROWS)
+        ]
     except duckdb.Error as exc:
         raise QueryError(str(exc)) from None
     return names, rows
