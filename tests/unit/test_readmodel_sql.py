@@ -112,3 +112,22 @@ def test_decimal_text_keeps_cents_and_drops_padding() -> None:
     assert decimal_text("unit_price", Decimal("32.4050")) == "32.405"
     assert decimal_text("usage", Decimal("130.000000000")) == "130"
     assert decimal_text("usage", Decimal("130.500000000")) == "130.5"
+
+
+def test_finance_sql_is_read_only(tmp_path: Path) -> None:
+    from projections.readmodel.queries import QueryError, read_only_sql
+
+    projector = Projector(Settings(kafka_bootstrap="unused:1"), PLAN, tmp_path / "rm.duckdb")
+    with projector.reader() as cur:
+        columns, rows = read_only_sql(cur, "SELECT 32.4::DECIMAL(18, 2) AS amount, 1 AS n")
+        assert (columns, rows) == (["amount", "n"], [["32.40", 1]])
+        for sql, reason in [
+            ("DROP TABLE invoice_lines", "only SELECT is allowed here, not DROP"),
+            ("DELETE FROM invoice_lines", "only SELECT is allowed here, not DELETE"),
+            ("SELECT 1; DROP TABLE invoice_lines", "send exactly one statement"),
+            ("SELEC 1", "syntax error"),
+        ]:
+            with pytest.raises(QueryError, match=reason):
+                read_only_sql(cur, sql)
+        assert cur.execute("SELECT count(*) FROM invoice_lines").fetchone() == (0,)
+    projector.close()
