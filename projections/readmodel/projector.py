@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from billing.plan import Plan
 from metering.settings import Settings
 from projections.readmodel import schema
-from projections.readmodel.rows import Record, rows_for, to_arrow
+from projections.readmodel.rows import Record, raw_batch, rows_for, to_arrow
 from streams.kafka import partitions_of
 
 
@@ -51,7 +51,7 @@ class Projector:
         # The DDL in schema.py is the one description of each table; Arrow follows it.
         self.schemas = {
             table: self.con.sql(f"SELECT * FROM {table} LIMIT 0").to_arrow_table().schema  # noqa: S608
-            for table in set(self.tables.values())
+            for table in set(self.tables.values()) - {"raw_events"}
         }
 
     def _open(self) -> duckdb.DuckDBPyConnection:
@@ -77,11 +77,14 @@ class Projector:
     def write(self, records: list[Record]) -> int:
         """One transaction: every row of the batch and the offsets it reached."""
         by_table: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        archive: list[Record] = []
         reached: dict[tuple[str, int], int] = {}
         for record in records:
-            row = rows_for(self.tables[record.topic], record)
-            if row is not None:
-                by_table[self.tables[record.topic]].append(row)
+            table = self.tables[record.topic]
+            if table == "raw_events":
+                archive.append(record)
+            elif (row := rows_for(table, record)) is not None:
+                by_table[table].append(row)
             key = (record.topic, record.partition)
             reached[key] = max(reached.get(key, 0), record.offset + 1)
         offsets = [{"topic": t, "partition": p, "next_offset": o} for (t, p), o in reached.items()]
@@ -89,12 +92,15 @@ class Projector:
             con = self.con
             con.execute("BEGIN")
             try:
+                if archive:
+                    con.register("raw_batch", raw_batch(archive))
+                    con.execute(schema.ARCHIVE)
+                    con.unregister("raw_batch")
                 for table, rows in by_table.items():
                     con.register("batch", to_arrow(self.schemas[table], rows))
                     # Output ids are unique: a record the worker sent twice is one row. The
                     # archive has no key; the offsets alone keep it free of duplicates.
-                    verb = "INSERT" if table == "raw_events" else "INSERT OR IGNORE"
-                    sql = f"{verb} INTO {table} BY NAME SELECT * FROM batch"  # noqa: S608 - ours
+                    sql = f"INSERT OR IGNORE INTO {table} BY NAME SELECT * FROM batch"  # noqa: S608
                     con.execute(sql)
                     con.unregister("batch")
                 con.register("reached", _offsets_arrow(offsets))
@@ -104,7 +110,7 @@ class Projector:
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
-        written = sum(len(rows) for rows in by_table.values())
+        written = len(archive) + sum(len(rows) for rows in by_table.values())
         self.rows_written += written
         return written
 

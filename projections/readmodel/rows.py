@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 import pyarrow as pa
 from pydantic import BaseModel, ValidationError
 
@@ -31,55 +29,26 @@ def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode("utf-8", errors="backslashreplace")
 
 
-def _time(value: Any) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None  # naive times were rejected
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def raw_row(record: Record) -> dict[str, Any]:
-    """The archive keeps every record; envelope columns are filled where they parse."""
-    forwarded = next((_text(v) for k, v in record.headers if k == FORWARDED_FROM), None)
-    row: dict[str, Any] = {
-        "topic": record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-        "log_time": dt.datetime.fromtimestamp(record.timestamp_ms / 1000, dt.UTC),
-        "key": _text(record.key),
-        "forwarded_from": forwarded,
-        "type": None,
-        "source": None,
-        "id": None,
-        "subject": None,
-        "time": None,
-        "data": None,
-        "payload": None,
-    }
-    try:
-        event = orjson.loads(record.value or b"")
-    except orjson.JSONDecodeError:
-        event = None
-    if not isinstance(event, dict):
-        row["payload"] = _text(record.value)
-        return row
-    data = event.get("data")
-    row.update(
-        type=_str(event.get("type")),
-        source=_str(event.get("source")),
-        id=_str(event.get("id")),
-        subject=_str(event.get("subject")),
-        time=_time(event.get("time")),
-        data=orjson.dumps(data).decode() if isinstance(data, dict) else None,
+def raw_batch(records: Sequence[Record]) -> pa.Table:
+    """Archive records as columns; the envelope is parsed in DuckDB (`schema.ARCHIVE`), which
+    is an order of magnitude faster than decoding JSON here, record by record."""
+    return pa.table(
+        {
+            "topic": pa.array([r.topic for r in records], pa.string()),
+            "partition": pa.array([r.partition for r in records], pa.int32()),
+            "offset": pa.array([r.offset for r in records], pa.int64()),
+            "log_time": pa.array([r.timestamp_ms for r in records], pa.timestamp("ms", tz="UTC")),
+            "key": pa.array([_text(r.key) for r in records], pa.string()),
+            "forwarded_from": pa.array(
+                [
+                    next((_text(v) for k, v in r.headers if k == FORWARDED_FROM), None)
+                    for r in records
+                ],
+                pa.string(),
+            ),
+            "value": pa.array([_text(r.value) for r in records], pa.string()),
+        }
     )
-    return row
 
 
 def _model_row(model: type[BaseModel], record: Record) -> dict[str, Any] | None:
@@ -106,8 +75,6 @@ OUTPUT_MODELS: dict[str, type[BaseModel]] = {
 
 
 def rows_for(table: str, record: Record) -> dict[str, Any] | None:
-    if table == "raw_events":
-        return raw_row(record)
     return _model_row(OUTPUT_MODELS[table], record)
 
 

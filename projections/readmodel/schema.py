@@ -50,6 +50,30 @@ CREATE TABLE IF NOT EXISTS plan_rates (
 """
 
 
+def _text_field(name: str) -> str:
+    return f"CASE WHEN json_type(j, '$.{name}') = 'VARCHAR' THEN j->>'$.{name}' END AS {name}"
+
+
+# Archive a batch (registered as `raw_batch`): the envelope's fields where it parses as a JSON
+# object (`time` only with a UTC offset), the raw text where it does not.
+ARCHIVE = rf"""
+INSERT INTO raw_events BY NAME
+WITH parsed AS (
+    SELECT *, CASE WHEN json_valid(value) THEN value::JSON END AS json FROM raw_batch
+), objects AS (
+    SELECT *, CASE WHEN json_type(json) = 'OBJECT' THEN json END AS j FROM parsed
+)
+SELECT topic, "partition", "offset", log_time, key, forwarded_from,
+       {", ".join(_text_field(n) for n in ("type", "source", "id", "subject"))},
+       CASE WHEN json_type(j, '$.time') = 'VARCHAR'
+                 AND regexp_matches(j->>'$.time', '(Z|z|[+-]\d{{2}}:?\d{{2}})$')
+            THEN TRY_CAST(j->>'$.time' AS TIMESTAMPTZ) END AS time,
+       CASE WHEN json_type(j, '$.data') = 'OBJECT' THEN j->'$.data' END AS data,
+       CASE WHEN j IS NULL THEN value END AS payload
+FROM objects
+"""
+
+
 def _service_case(column: str) -> str:
     whens = " ".join(f"WHEN '{t}' THEN '{s.value}'" for t, s in USAGE_TYPES.items())
     return f"CASE {column} {whens} END"

@@ -18,7 +18,7 @@ from projections.events import Position
 from projections.memory import MemoryState
 from projections.readmodel.projector import Projector
 from projections.readmodel.queries import decimal_text, usage
-from projections.readmodel.rows import FORWARDED_FROM, Record, raw_row
+from projections.readmodel.rows import FORWARDED_FROM, Record
 from projections.tenant import rate_month
 from schemas.usage import Service
 
@@ -85,23 +85,35 @@ def test_usage_monthly_equals_the_folds(tmp_path: Path) -> None:
     assert any(s.billed or s.usage for s in state.tenants.values())
 
 
-@pytest.mark.parametrize(
-    ("value", "payload", "type_", "time"),
-    [
-        (b"\xff\xfe", "\\xff\\xfe", None, None),
-        (b"[1]", "[1]", None, None),
-        (b'{"type": "metering.chat.started", "time": "2026-10-01T10:00:00"}', None,
-         "metering.chat.started", None),  # a naive time is no time
-        (b'{"type": 5, "time": "2026-10-01T10:00:00+02:00"}', None, None,
-         dt.datetime(2026, 10, 1, 8, tzinfo=dt.UTC)),
-    ],
-)  # fmt: skip
-def test_the_archive_keeps_what_does_not_parse(
-    value: bytes, payload: str | None, type_: str | None, time: dt.datetime | None
-) -> None:
-    row = raw_row(Record("usage-events", 3, 9, LOG_MS, None, value))
-    assert (row["payload"], row["type"], row["time"]) == (payload, type_, time)
-    assert (row["topic"], row["partition"], row["offset"]) == ("usage-events", 3, 9)
+ARCHIVED = [
+    # (raw value, payload kept, type, time): what does not parse is kept as text
+    (b"\xff\xfe", "\\xff\\xfe", None, None),
+    (b"[1]", "[1]", None, None),
+    (b"{not json", "{not json", None, None),
+    (b'{"type": "metering.chat.started", "time": "2026-10-01T10:00:00"}', None,
+     "metering.chat.started", None),  # a time without offset is no time
+    (b'{"type": 5, "time": "2026-10-01T10:00:00+02:00"}', None, None,
+     dt.datetime(2026, 10, 1, 8, tzinfo=dt.UTC)),
+]  # fmt: skip
+
+
+def test_the_archive_keeps_what_does_not_parse(tmp_path: Path) -> None:
+    projector = Projector(Settings(kafka_bootstrap="unused:1"), PLAN, tmp_path / "rm.duckdb")
+    projector.write(
+        [
+            Record("usage-events", 3, n, LOG_MS, None, value)
+            for n, (value, *_) in enumerate(ARCHIVED)
+        ]
+    )
+    with projector.reader() as cur:
+        rows = cur.execute(
+            'SELECT payload, type, time, topic, "partition", log_time FROM raw_events '
+            'ORDER BY "offset"'
+        ).fetchall()
+    projector.close()
+    assert [row[:3] for row in rows] == [expected[1:] for expected in ARCHIVED]
+    assert {row[3:5] for row in rows} == {("usage-events", 3)}
+    assert rows[0][5] == dt.datetime(2026, 10, 2, tzinfo=dt.UTC)
 
 
 def test_decimal_text_keeps_cents_and_drops_padding() -> None:
