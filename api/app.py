@@ -90,8 +90,7 @@ def create_api(service: ReadModelService) -> FastAPI:
     async def invoice(month: str, request: Request) -> Response:
         month = _month(month)
         await fresh()
-        with service.cursor() as cur:
-            lines = queries.invoice_lines(cur, month)
+        lines = await service.read(queries.invoice_lines, month)
         if "text/csv" in request.headers.get("accept", ""):
             return csv_response(lines)
         total = sum((Decimal(line["amount"]) for line in lines), Decimal("0.00"))
@@ -101,8 +100,7 @@ def create_api(service: ReadModelService) -> FastAPI:
     async def usage(tenant: str, month: str = Query(...)) -> Response:
         month = _month(month)
         await fresh()
-        with service.cursor() as cur:
-            rows = queries.usage(cur, tenant, month)
+        rows = await service.read(queries.usage, tenant, month)
         if not rows:
             raise HTTPException(404, f"no usage of tenant {tenant!r} in {month}")
         return json_response({"tenant": tenant, "month": month, "services": rows})
@@ -111,8 +109,7 @@ def create_api(service: ReadModelService) -> FastAPI:
     async def crossings(month: str = Query(...), tenant: str | None = None) -> Response:
         month = _month(month)
         await fresh()
-        with service.cursor() as cur:
-            rows = queries.crossings(cur, month, tenant)
+        rows = await service.read(queries.crossings, month, tenant)
         return json_response({"usage_month": month, "crossings": rows})
 
     @app.get("/v1/audit/{month}")
@@ -120,8 +117,7 @@ def create_api(service: ReadModelService) -> FastAPI:
         month = _month(month)
         await fresh()
         try:
-            with service.cursor() as cur:
-                diffs = queries.audit(cur, month, service.settings.topics.usage)
+            diffs = await service.read(queries.audit, month, service.settings.topics.usage)
         except queries.QueryError as exc:
             raise HTTPException(409, str(exc)) from None
         return json_response({"usage_month": month, "differences": diffs})
@@ -131,8 +127,7 @@ def create_api(service: ReadModelService) -> FastAPI:
         if consistent:
             await fresh()
         try:
-            with service.cursor() as cur:
-                columns, rows = queries.read_only_sql(cur, body.sql)
+            columns, rows = await service.read(queries.read_only_sql, body.sql)
         except queries.QueryError as exc:
             raise HTTPException(400, str(exc)) from None
         return json_response({"columns": columns, "rows": rows})

@@ -7,9 +7,9 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 
@@ -18,6 +18,8 @@ from metering.settings import Settings
 from projections.readmodel.projector import Projector
 from streams.kafka import end_offsets
 from streams.progress import NotCaughtUp, behind, wait_for_workers
+
+T = TypeVar("T")
 
 
 class ReadModelService:
@@ -69,6 +71,16 @@ class ReadModelService:
             raise RuntimeError("the read model is not open")
         with self.projector.reader() as cur:
             yield cur
+
+    async def read(self, query: Callable[..., T], *args: Any) -> T:
+        """Run `query(cursor, *args)` in a thread: a long finance query must not stall the
+        projector's fetch loop or other requests, which share this event loop."""
+
+        def run() -> T:
+            with self.cursor() as cur:
+                return query(cur, *args)
+
+        return await asyncio.to_thread(run)
 
     async def caught_up(self, wait_seconds: float) -> None:
         """Wait until the workers and then this projector have everything written before now."""

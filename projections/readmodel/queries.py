@@ -7,7 +7,7 @@ from typing import Any
 
 import duckdb
 
-from projections.readmodel.schema import monthly_usage
+from projections.readmodel.schema import NO_CUTOFF, monthly_usage
 from schemas.records import CLOSE_REQUESTED
 
 CENT = Decimal("0.01")
@@ -30,7 +30,9 @@ def decimal_text(name: str, value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
-def _rows(cur: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+def _rows(
+    cur: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | dict[str, Any]
+) -> list[dict[str, Any]]:
     result = cur.execute(sql, params)
     names = [d[0] for d in result.description or ()]
     return [
@@ -64,9 +66,12 @@ def crossings(
 
 
 def usage(cur: duckdb.DuckDBPyConnection, tenant: str, month: str) -> list[dict[str, Any]]:
+    """`usage_monthly` for one tenant and month, computed for that tenant alone."""
+    tz = cur.execute("SELECT billing_timezone FROM plan_versions LIMIT 1").fetchone()
+    recomputed = monthly_usage(NO_CUTOFF, tz[0] if tz else "UTC", one_tenant=True)
     return _rows(
         cur,
-        """
+        f"""
         SELECT u.*, (SELECT string_agg(c.level || COALESCE(' ' || c.package, ''), ', '
                              ORDER BY CASE c.level WHEN 'warning' THEN 0
                                       WHEN 'exceeded' THEN 1 ELSE 2 END, c.package)
@@ -74,11 +79,11 @@ def usage(cur: duckdb.DuckDBPyConnection, tenant: str, month: str) -> list[dict[
                      WHERE c.tenant = u.tenant AND c.usage_month = u.month
                        AND c.service = u.service) AS crossings,
                u.month IN (SELECT month FROM month_closes) AS closed
-        FROM usage_monthly u WHERE u.tenant = ? AND u.month = ?
+        FROM ({recomputed}) u WHERE u.month = $month
         ORDER BY list_position(['storage', 'mailing', 'customer_center', 'chat', 'form'],
                                u.service)
-        """,
-        [tenant, month],
+        """,  # noqa: S608 - our own SQL; values are bound
+        {"tenant": tenant, "month": month},
     )
 
 

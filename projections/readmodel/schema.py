@@ -82,16 +82,19 @@ def _service_case(column: str) -> str:
 NO_CUTOFF = 'SELECT NULL::INTEGER AS "partition", NULL::BIGINT AS before WHERE false'
 
 
-def monthly_usage(upto: str, tz: str) -> str:
+def monthly_usage(upto: str, tz: str, one_tenant: bool = False) -> str:
     """Usage, users, band, included, packages and amount per tenant, month and service, from
     the accepted, deduplicated usage events; `upto` selects `(partition, before)`: only
-    events at offsets below `before` count in that partition (no row: all count)."""
+    events at offsets below `before` count in that partition (no row: all count).
+    `one_tenant` restricts it to the tenant bound as `$tenant` before deduplicating, which
+    is safe (duplicates share their tenant) and spares scanning everybody else."""
+    tenant = "AND tenant = $tenant" if one_tenant else ""
     # Only our own SQL and a validated time-zone name are interpolated, never user input.
     return f"""
 WITH upto AS ({upto}), counted AS (
     SELECT * FROM usage_events u
     WHERE u."offset" < COALESCE((SELECT x.before FROM upto x WHERE x."partition" = u."partition"),
-                                9223372036854775807)
+                                9223372036854775807) {tenant}
     QUALIFY row_number() OVER (PARTITION BY tenant, source, id ORDER BY "partition", "offset") = 1
 ), sums AS (
     SELECT tenant, month, service, count(*) AS events, min("offset") AS first_offset,
@@ -113,7 +116,7 @@ WITH upto AS ({upto}), counted AS (
 ), snaps AS (
     SELECT * FROM licence_snapshots s
     WHERE s."offset" < COALESCE((SELECT x.before FROM upto x WHERE x."partition" = s."partition"),
-                                9223372036854775807)
+                                9223372036854775807) {tenant}
 ), with_users AS (
     SELECT b.*, greatest(
         COALESCE((SELECT s.users FROM snaps s WHERE s.tenant = b.tenant AND s.time <= b.starts
