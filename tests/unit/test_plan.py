@@ -105,12 +105,3 @@ def test_effective_dates_must_increase() -> None:
         "versions: effective_from must be strictly increasing",
         "versions: version names must be unique",
     ]
-
-
-def test_kafka_cluster_ids_never_look_like_options() -> None:
-    from metering.broker import _cluster_id
-
-    ids = {_cluster_id() for _ in range(5000)}
-    assert len(ids) == 5000
-    assert not any(i.startswith("-") for i in ids)
-    assert all(len(i) == 22 for i in ids)
