@@ -200,6 +200,17 @@ def test_a_month_end_to_end(stack: Stack) -> None:
     }
     assert len(records(settings, settings.topics.dead_letters)) == len(BAD)
 
+    # The read model keeps the raw events with the worker's reasons, and the licence state.
+    def sql(query: str) -> list[dict[str, Any]]:
+        return list(stack.json("sql", query))
+
+    rejected = sql("SELECT reason, field FROM rejected ORDER BY reason, field")
+    assert {(r["reason"], r["field"]) for r in rejected} == letters - {("unroutable", "type")}
+    assert sql("SELECT tenant, company, serial_number, database_type FROM tenants") == [
+        {"tenant": "acme", "company": "Acme", "serial_number": "1", "database_type": "central"}
+    ]
+    assert [r["users"] for r in sql("SELECT users FROM licences ORDER BY time")] == [40, 60]
+
     # A late event for the closed month: the next close adjusts it, the old lines stay.
     late = [
         ce(
