@@ -7,10 +7,10 @@ clock, so a replay rejects exactly what the first run rejected.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from billing.plan import Plan
 from projections.events import (
@@ -27,6 +27,8 @@ from schemas.licenses import LICENSES_CHANGED, TENANT_REGISTERED, LicensesChange
 from schemas.licenses import TenantRegistered as TenantRegisteredData
 from schemas.records import CLOSE_REQUESTED, DeadLetter, MonthCloseRequested
 from schemas.usage import USAGE_TYPES, QuantityUsed, Service, StorageMeasured
+
+M = TypeVar("M", bound=BaseModel)
 
 MAX_FUTURE = dt.timedelta(minutes=5)
 RETENTION = dt.timedelta(days=90)
@@ -54,6 +56,14 @@ def _validation(exc: ValidationError, prefix: str = "") -> Rejected:
         for e in exc.errors(include_url=False)
     )
     return Rejected(reason, field, detail)
+
+
+def _data(model: type[M], event: CloudEvent) -> M:
+    """The event's `data` as `model`; a bad field is rejected naming `data.<field>`."""
+    try:
+        return model.model_validate(event.data)
+    except ValidationError as exc:
+        raise _validation(exc, "data.") from None
 
 
 def parse_envelope(value: bytes | None) -> CloudEvent:
@@ -93,13 +103,10 @@ def _usage(event: CloudEvent, service: Service, position: Position, plan: Plan) 
     if plan.version_for(month) is None:
         raise Rejected("no_plan", "time", f"no plan version is in force for {month}")
     _check_time(event, month, position.log_time, plan)
-    try:
-        if service is Service.STORAGE:
-            amount = StorageMeasured.model_validate(event.data).bytes
-        else:
-            amount = QuantityUsed.model_validate(event.data).quantity
-    except ValidationError as exc:
-        raise _validation(exc, "data.") from None
+    if service is Service.STORAGE:
+        amount = _data(StorageMeasured, event).bytes
+    else:
+        amount = _data(QuantityUsed, event).quantity
     return UsageRecorded(
         tenant=event.subject,
         service=service,
@@ -113,15 +120,12 @@ def _usage(event: CloudEvent, service: Service, position: Position, plan: Plan) 
 
 
 def _licence(event: CloudEvent, position: Position) -> Decoded:
-    try:
-        if event.type == LICENSES_CHANGED:
-            snapshot = LicensesChanged.model_validate(event.data)
-            return LicenceSnapshotTaken(
-                tenant=event.subject, time=event.time, users=snapshot.users, position=position
-            )
-        registered = TenantRegisteredData.model_validate(event.data)
-    except ValidationError as exc:
-        raise _validation(exc, "data.") from None
+    if event.type == LICENSES_CHANGED:
+        snapshot = _data(LicensesChanged, event)
+        return LicenceSnapshotTaken(
+            tenant=event.subject, time=event.time, users=snapshot.users, position=position
+        )
+    registered = _data(TenantRegisteredData, event)
     return TenantRegistered(
         tenant=event.subject,
         company=registered.company,
@@ -131,10 +135,7 @@ def _licence(event: CloudEvent, position: Position) -> Decoded:
 
 
 def _close(event: CloudEvent, position: Position) -> CloseMarkerSeen:
-    try:
-        command = MonthCloseRequested.model_validate(event.data)
-    except ValidationError as exc:
-        raise _validation(exc, "data.") from None
+    command = _data(MonthCloseRequested, event)
     return CloseMarkerSeen(close_id=command.close_id, month=command.month, position=position)
 
 
