@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from api.auth import Principal, authenticate, presented_key, require, require_tenant
+from api.ingest import BatchRejected, Ingestor
 from api.service import ReadModelService
 from projections.months import parse_month
 from projections.readmodel import queries
@@ -68,12 +70,32 @@ class ReplaceRequest(BaseModel):
 def create_api(service: ReadModelService) -> FastAPI:
     app = FastAPI(title="metering read model", version="0.1.0")
     wait = service.settings.query_timeout
+    keys = service.settings.api_keys
+
+    def who(request: Request) -> Principal:
+        return authenticate(keys, presented_key(request))
+
+    caller = Depends(who)
 
     async def fresh() -> None:
         try:
             await service.caught_up(wait)
         except NotCaughtUp as exc:
             raise HTTPException(503, str(exc)) from None
+
+    ingestor = Ingestor(service.settings, service.plan)
+    app.state.ingestor = ingestor
+
+    @app.post("/v1/events", status_code=202)
+    async def ingest(request: Request, principal: Principal = caller) -> Response:
+        """One CloudEvent (application/cloudevents+json) or a batch
+        (application/cloudevents-batch+json); all or nothing, 202 once the broker has them."""
+        require(principal, "producer")
+        try:
+            accepted = await ingestor.ingest(await ingestor.events(request))
+        except BatchRejected as rejected:
+            return json_response(rejected.body, 400)
+        return json_response({"accepted": accepted}, 202)
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -87,17 +109,23 @@ def create_api(service: ReadModelService) -> FastAPI:
         return json_response({"status": "ready", "rows_written": service.projector.rows_written})
 
     @app.get("/v1/invoices/{month}")
-    async def invoice(month: str, request: Request) -> Response:
+    async def invoice(month: str, request: Request, principal: Principal = caller) -> Response:
+        require(principal, "finance", "tenant")
         month = _month(month)
         await fresh()
         lines = await service.read(queries.invoice_lines, month)
+        if principal.role == "tenant":
+            lines = [line for line in lines if line["tenant"] == principal.tenant]
         if "text/csv" in request.headers.get("accept", ""):
             return csv_response(lines)
         total = sum((Decimal(line["amount"]) for line in lines), Decimal("0.00"))
         return json_response({"invoice_month": month, "lines": lines, "total": total})
 
     @app.get("/v1/tenants/{tenant}/usage")
-    async def usage(tenant: str, month: str = Query(...)) -> Response:
+    async def usage(
+        tenant: str, month: str = Query(...), principal: Principal = caller
+    ) -> Response:
+        require_tenant(principal, tenant)
         month = _month(month)
         await fresh()
         rows = await service.read(queries.usage, tenant, month)
@@ -106,14 +134,21 @@ def create_api(service: ReadModelService) -> FastAPI:
         return json_response({"tenant": tenant, "month": month, "services": rows})
 
     @app.get("/v1/threshold-crossings")
-    async def crossings(month: str = Query(...), tenant: str | None = None) -> Response:
+    async def crossings(
+        month: str = Query(...), tenant: str | None = None, principal: Principal = caller
+    ) -> Response:
+        require(principal, "finance", "tenant")
+        if principal.role == "tenant":
+            require_tenant(principal, tenant or str(principal.tenant))
+            tenant = principal.tenant
         month = _month(month)
         await fresh()
         rows = await service.read(queries.crossings, month, tenant)
         return json_response({"usage_month": month, "crossings": rows})
 
     @app.get("/v1/audit/{month}")
-    async def audit(month: str) -> Response:
+    async def audit(month: str, principal: Principal = caller) -> Response:
+        require(principal, "finance")
         month = _month(month)
         await fresh()
         try:
@@ -123,7 +158,10 @@ def create_api(service: ReadModelService) -> FastAPI:
         return json_response({"usage_month": month, "differences": diffs})
 
     @app.post("/v1/sql")
-    async def sql(body: SqlRequest, consistent: bool = True) -> Response:
+    async def sql(
+        body: SqlRequest, consistent: bool = True, principal: Principal = caller
+    ) -> Response:
+        require(principal, "finance")
         if consistent:
             await fresh()
         try:
@@ -133,7 +171,8 @@ def create_api(service: ReadModelService) -> FastAPI:
         return json_response({"columns": columns, "rows": rows})
 
     @app.post("/v1/admin/replace")
-    async def replace(body: ReplaceRequest) -> Response:
+    async def replace(body: ReplaceRequest, principal: Principal = caller) -> Response:
+        require(principal, "finance")
         try:
             return json_response(await service.replace(Path(body.path)))
         except FileNotFoundError as exc:

@@ -17,8 +17,9 @@ from metering.settings import Settings
 async def serve(settings: Settings, plan: Plan) -> None:
     service = ReadModelService(settings, plan)
     await service.start()
+    app = create_api(service)
     config = uvicorn.Config(
-        create_api(service),
+        app,
         host=settings.api_host,
         port=settings.api_port,
         log_level=settings.log_level,
@@ -41,6 +42,7 @@ async def serve(settings: Settings, plan: Plan) -> None:
     finally:
         ready.cancel()
         watcher.cancel()
+        await app.state.ingestor.close()
         await service.stop()
     if failure:
         raise SystemExit(f"the projector failed: {failure[0]!r}")

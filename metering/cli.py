@@ -180,6 +180,25 @@ def generate(month: str | None, tenants: int, seed: int, scale: float, output: P
     click.echo(f"wrote {count} events of {month} for {tenants} tenants to {output}")
 
 
+@main.command()
+@click.argument("role", type=click.Choice(["producer", "finance", "tenant"]))
+@click.option("--tenant", help="The tenant a tenant key may read.")
+def key(role: str, tenant: str | None) -> None:
+    """Make a new API key for ROLE: prints the key (give it to its user; it is shown once)
+    and the entry for METERING_API_KEYS, which holds only its SHA-256."""
+    import json
+    import secrets
+
+    from api.auth import key_hash
+
+    if (role == "tenant") != (tenant is not None):
+        raise click.UsageError("a tenant key needs --tenant, and only a tenant key takes it")
+    new = secrets.token_urlsafe(32)
+    entry = {"role": role, "sha256": key_hash(new)} | ({"tenant": tenant} if tenant else {})
+    click.echo(f"key: {new}")
+    click.echo(f"METERING_API_KEYS entry: {json.dumps(entry)}")
+
+
 def _register() -> None:
     from metering.query_commands import COMMANDS
     from metering.replay import replay

@@ -16,8 +16,13 @@ class ApiError(RuntimeError):
 
 def request(settings: Settings, method: str, path: str, **kwargs: Any) -> Any:
     url = settings.api() + path
+    headers = {}
+    if settings.api_key is not None:
+        headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
     try:
-        response = httpx.request(method, url, timeout=settings.query_timeout + 30, **kwargs)
+        response = httpx.request(
+            method, url, headers=headers, timeout=settings.query_timeout + 30, **kwargs
+        )
     except httpx.HTTPError as exc:
         raise ApiError(f"cannot reach the read model at {url}: {exc}") from None
     if response.status_code >= 400:

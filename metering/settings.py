@@ -12,10 +12,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from billing.plan import DEFAULT_PLAN
+
+
+class ApiKey(BaseModel):
+    """One API key as stored: its SHA-256 (`metering key new` prints one), never the key."""
+
+    role: Literal["producer", "finance", "tenant"]
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    tenant: str | None = None
+
+    @model_validator(mode="after")
+    def _tenant_keys_name_a_tenant(self) -> ApiKey:
+        if (self.role == "tenant") != (self.tenant is not None):
+            raise ValueError("a tenant key names its tenant, and only a tenant key does")
+        return self
 
 
 class SettingsError(ValueError):
@@ -94,6 +115,13 @@ class Settings(BaseSettings):
     api_url: str | None = Field(
         default=None, description="Where queries go; unset: the local stack's API."
     )
+    api_keys: list[ApiKey] = Field(
+        default_factory=list,
+        description='JSON: [{"role": "finance", "sha256": "..."}, ...]; none: loopback only.',
+    )
+    api_key: SecretStr | None = Field(default=None, description="The key the CLI presents.")
+    ingest_max_events: int = Field(default=1000, ge=1, le=100_000)
+    ingest_max_bytes: int = Field(default=1 << 20, ge=1024)
     ready_file: Path | None = Field(
         default=None, description="Written by a worker once it has partitions and state."
     )
@@ -112,6 +140,14 @@ class Settings(BaseSettings):
         if value is not None and value < dt.timedelta(0):
             raise ValueError("must not be negative")
         return value
+
+    @model_validator(mode="after")
+    def _keys_outside_loopback(self) -> Settings:
+        if not self.api_keys and self.api_host not in {"127.0.0.1", "localhost", "::1"}:
+            raise ValueError(
+                "api_keys: an API listening beyond loopback needs keys (METERING_API_KEYS)"
+            )
+        return self
 
     @property
     def topics(self) -> Topics:
@@ -177,6 +213,10 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors(include_url=False):
-            name = "METERING_" + "_".join(str(p) for p in err["loc"]).upper()
-            problems.append(f"{name}: {str(err['msg']).removeprefix('Value error, ')}")
+            message = str(err["msg"]).removeprefix("Value error, ")
+            loc = [str(p) for p in err["loc"]]
+            if not loc:  # a check across settings names its setting first: "field: reason"
+                field, _, message = message.partition(": ")
+                loc = [field]
+            problems.append(f"METERING_{'_'.join(loc).upper()}: {message}")
         raise SettingsError(problems) from None

@@ -26,6 +26,7 @@ from schemas.envelope import CloudEvent
 from schemas.licenses import LICENSES_CHANGED, TENANT_REGISTERED, LicensesChanged
 from schemas.licenses import TenantRegistered as TenantRegisteredData
 from schemas.records import CLOSE_REQUESTED, DeadLetter, MonthCloseRequested
+from schemas.system_events import SYSTEM_EVENT_TYPES, SystemEventData
 from schemas.usage import USAGE_TYPES, QuantityUsed, Service, StorageMeasured
 
 M = TypeVar("M", bound=BaseModel)
@@ -156,6 +157,30 @@ def decode(value: bytes | None, position: Position, plan: Plan) -> Decoded | Dea
         raise Rejected("unknown_type", "type", f"unknown event type {event.type!r}")
     except Rejected as rejected:
         return dead_letter(value, position, rejected)
+
+
+def admit(obj: Any, received: dt.datetime, plan: Plan) -> tuple[str, CloudEvent]:
+    """Check an event offered for ingest by the rules the workers will apply, judged against
+    the time it is received; returns the kind of topic it goes to (`usage`, `licenses`,
+    `system`). Raises Rejected naming the field, so a producer can fix and resend."""
+    if not isinstance(obj, dict):
+        raise Rejected("bad_json", None, "a CloudEvent must be a JSON object")
+    try:
+        event = CloudEvent.model_validate(obj)
+    except ValidationError as exc:
+        raise _validation(exc) from None
+    position = Position(topic="ingest", partition=0, offset=0, log_time=received)
+    service = USAGE_TYPES.get(event.type)
+    if service is not None:
+        _usage(event, service, position, plan)
+        return "usage", event
+    if event.type in LICENCE_TYPES:
+        _licence(event, position)
+        return "licenses", event
+    if event.type in SYSTEM_EVENT_TYPES:
+        _data(SystemEventData, event)
+        return "system", event
+    raise Rejected("unknown_type", "type", f"unknown event type {event.type!r}")
 
 
 def payload_text(value: bytes | None) -> str:

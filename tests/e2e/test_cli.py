@@ -16,7 +16,7 @@ from projections.months import next_month, previous_month
 
 COMMANDS = [
     "up", "down", "worker", "projector", "send", "close", "invoice", "usage", "crossings",
-    "sql", "audit", "replay", "generate",
+    "sql", "audit", "replay", "generate", "key",
 ]  # fmt: skip
 
 

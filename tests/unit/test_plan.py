@@ -105,3 +105,21 @@ def test_effective_dates_must_increase() -> None:
         "versions: effective_from must be strictly increasing",
         "versions: version names must be unique",
     ]
+
+
+def test_api_keys_are_checked_with_the_other_settings() -> None:
+    from metering.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError) as info:
+        load_settings(
+            api_host="0.0.0.0",  # noqa: S104 - the point of the test
+            api_keys=[
+                {"role": "finance", "sha256": "ab"},
+                {"role": "tenant", "sha256": "0" * 64},
+            ],
+        )
+    problems = "\n".join(info.value.problems)
+    assert "METERING_API_KEYS_0_SHA256: String should match pattern" in problems
+    assert "METERING_API_KEYS_1: a tenant key names its tenant" in problems
+    with pytest.raises(SettingsError, match="METERING_API_KEYS: an API listening beyond loopback"):
+        load_settings(api_host="0.0.0.0")  # noqa: S104

@@ -1,0 +1,130 @@
+"""`POST /v1/events`: CloudEvents in, one at a time or in batches, onto their topics.
+
+A batch is all or nothing: every event is checked first (the same rules as the workers,
+judged against the time of receipt) and any bad one rejects the whole batch with 400 naming
+each bad event's index, field and reason. 202 is answered only once the broker has
+acknowledged every write (idempotent producer, acks=all); an unreachable broker is 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from fastapi import HTTPException, Request
+
+from billing.plan import Plan
+from metering.settings import Settings
+from projections.decode import Rejected, admit
+
+SINGLE = {"application/cloudevents+json", "application/json"}
+BATCH = "application/cloudevents-batch+json"
+
+
+class BatchRejected(Exception):
+    """Bad events: the whole offer is refused, each problem with its index, field, reason."""
+
+    def __init__(self, problems: list[tuple[int | None, str, str | None, str]]) -> None:
+        super().__init__(f"{len(problems)} bad events")
+        self.body = _errors(problems)
+
+
+class Ingestor:
+    def __init__(self, settings: Settings, plan: Plan) -> None:
+        self.settings = settings
+        self.plan = plan
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+        topics = settings.topics
+        self.topics = {"usage": topics.usage, "licenses": topics.licenses, "system": topics.system}
+
+    async def producer(self) -> AIOKafkaProducer:
+        async with self._lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self.settings.bootstrap(),
+                    enable_idempotence=True,
+                    acks="all",
+                    linger_ms=2,
+                    request_timeout_ms=10_000,
+                    **self.settings.kafka_options(),
+                )
+                try:
+                    await asyncio.wait_for(producer.start(), timeout=15)
+                except (KafkaError, TimeoutError, OSError) as exc:
+                    await producer.stop()
+                    raise HTTPException(503, f"the broker is unreachable: {exc!r}") from None
+                self._producer = producer
+            return self._producer
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def events(self, request: Request) -> list[Any]:
+        """The offered events, within the limits; raises 413, 415 or BatchRejected."""
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media not in SINGLE and media != BATCH:
+            raise HTTPException(
+                415, f"send application/cloudevents+json, or {BATCH} for a batch; not {media!r}"
+            )
+        limit = self.settings.ingest_max_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise HTTPException(413, f"the body is over {limit} bytes")
+        body = await request.body()
+        if len(body) > limit:
+            raise HTTPException(413, f"the body is over {limit} bytes")
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BatchRejected([(None, "bad_json", None, f"not JSON: {exc}")]) from None
+        if media != BATCH:
+            return [parsed]
+        if not isinstance(parsed, list) or not parsed:
+            raise BatchRejected([(None, "bad_batch", None, "a batch is a non-empty JSON array")])
+        if len(parsed) > self.settings.ingest_max_events:
+            raise HTTPException(
+                413, f"a batch holds at most {self.settings.ingest_max_events} events"
+            )
+        return parsed
+
+    async def ingest(self, offered: list[Any]) -> int:
+        received = dt.datetime.now(dt.UTC)
+        routed = []
+        problems: list[tuple[int | None, str, str | None, str]] = []
+        for index, obj in enumerate(offered):
+            try:
+                kind, event = admit(obj, received, self.plan)
+            except Rejected as rejected:
+                problems.append((index, rejected.reason, rejected.field, rejected.detail))
+                continue
+            routed.append((self.topics[kind], event.subject, obj))
+        if problems:
+            raise BatchRejected(problems)
+        producer = await self.producer()
+        try:
+            sent = [
+                await producer.send(topic, orjson.dumps(obj), key=subject.encode())
+                for topic, subject, obj in routed
+            ]
+            await asyncio.gather(*sent)
+        except KafkaError as exc:
+            raise HTTPException(
+                503, f"the broker did not acknowledge the events: {exc!r}"
+            ) from None
+        return len(routed)
+
+
+def _errors(problems: list[tuple[int | None, str, str | None, str]]) -> dict[str, Any]:
+    return {
+        "errors": [
+            {"index": index, "reason": reason, "field": field, "detail": detail[:500]}
+            for index, reason, field, detail in problems
+        ]
+    }

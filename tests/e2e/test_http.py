@@ -1,0 +1,152 @@
+"""The HTTP API as producers, finance and tenant administrators drive it, with keys."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from api.auth import key_hash
+from metering.settings import Settings
+from projections.months import month_of, next_month, previous_month
+from streams.kafka import end_offsets
+from tests.conftest import Stack
+from tests.factories import cloudevent
+
+pytestmark = pytest.mark.integration
+
+MONTH = previous_month(previous_month(month_of(dt.datetime.now(dt.UTC), dt.UTC)))
+KEYS = {"producer": "p-secret", "finance": "f-secret", "acme": "a-secret", "beta": "b-secret"}
+BATCH = "application/cloudevents-batch+json"
+
+
+def keyed(name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[name]}"}
+
+
+def stored_keys() -> str:
+    return json.dumps(
+        [
+            {"role": "producer", "sha256": key_hash(KEYS["producer"])},
+            {"role": "finance", "sha256": key_hash(KEYS["finance"])},
+            {"role": "tenant", "tenant": "acme", "sha256": key_hash(KEYS["acme"])},
+            {"role": "tenant", "tenant": "beta", "sha256": key_hash(KEYS["beta"])},
+        ]
+    )
+
+
+def usage(tenant: str, type_: str, quantity: int, n: int, **extra: Any) -> dict[str, Any]:
+    event = cloudevent(type_, {"quantity": quantity}, tenant=tenant,
+                       time=f"{MONTH}-{n % 27 + 1:02d}T10:00:00Z", id=f"{tenant}-{n}")  # fmt: skip
+    event.update(extra)
+    return event
+
+
+def test_ingest_and_read_over_http_with_keys(stack: Stack) -> None:
+    stack.create_topics()
+    stack.start_worker()
+    stack.start_projector(METERING_API_KEYS=stored_keys(), METERING_INGEST_MAX_EVENTS="50")
+    api = httpx.Client(base_url=stack.env["METERING_API_URL"], timeout=120)
+    settings = Settings(
+        kafka_bootstrap=stack.env["METERING_KAFKA_BOOTSTRAP"],
+        topic_prefix=stack.env["METERING_TOPIC_PREFIX"],
+    )
+
+    assert api.get(f"/v1/invoices/{MONTH}").status_code == 401
+    assert api.get(f"/v1/invoices/{MONTH}", headers={"X-API-Key": "nope"}).status_code == 401
+
+    licence = cloudevent("licensing.licenses.changed", {"users": 40, "modules": []},
+                         tenant="acme", time=f"{previous_month(MONTH)}-20T00:00:00Z",
+                         id="lic-1", source="licensing")  # fmt: skip
+    posted = api.post(
+        "/v1/events", content=orjson.dumps(licence), headers=keyed("producer")
+        | {"Content-Type": "application/cloudevents+json"},
+    )  # fmt: skip
+    assert (posted.status_code, posted.json()) == (202, {"accepted": 1})
+
+    events = [usage("acme", "metering.form.submitted", 100, n) for n in range(25)]
+    events += [usage("beta", "metering.chat.started", 104, n) for n in range(25)]
+    for start in range(0, len(events), 20):
+        posted = api.post(
+            "/v1/events", content=orjson.dumps(events[start : start + 20]),
+            headers=keyed("producer") | {"Content-Type": BATCH},
+        )  # fmt: skip
+        assert posted.status_code == 202, posted.text
+    as_json = {"Content-Type": "application/json"}
+    finance_posts = api.post(
+        "/v1/events", content=orjson.dumps(events[0]), headers=keyed("finance") | as_json
+    )
+    assert finance_posts.status_code == 403
+
+    before = asyncio.run(end_offsets(settings, (settings.topics.usage,)))
+    future = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    bad = [
+        usage("acme", "metering.form.submitted", 1, 100),
+        usage("acme", "metering.form.submitted", 0, 101),
+        usage("acme", "metering.form.submitted", 1, 102, time=f"{MONTH}-03T10:00:00"),
+        usage("acme", "metering.teleport.used", 1, 103),
+        usage("acme", "metering.form.submitted", 1, 104, time=future),
+        "not an object",
+    ]
+    rejected = api.post("/v1/events", content=orjson.dumps(bad),
+                        headers=keyed("producer") | {"Content-Type": BATCH})  # fmt: skip
+    assert rejected.status_code == 400
+    assert [(e["index"], e["reason"], e["field"]) for e in rejected.json()["errors"]] == [
+        (1, "invalid_field", "data.quantity"),
+        (2, "invalid_field", "time"),
+        (3, "unknown_type", "type"),
+        (4, "future", "time"),
+        (5, "bad_json", None),
+    ]
+    assert asyncio.run(end_offsets(settings, (settings.topics.usage,))) == before
+
+    wrong_type = api.post("/v1/events", content=b"{}", headers=keyed("producer")
+                          | {"Content-Type": "text/plain"})  # fmt: skip
+    assert wrong_type.status_code == 415
+    too_many = api.post("/v1/events", content=orjson.dumps(events[:51] + events[:1]),
+                        headers=keyed("producer") | {"Content-Type": BATCH})  # fmt: skip
+    assert too_many.status_code == 413
+
+    stack.cli("close", MONTH)
+    invoice_month = next_month(MONTH)
+    body = api.get(f"/v1/invoices/{invoice_month}", headers=keyed("finance")).json()
+    assert [
+        (ln["tenant"], ln["service"], ln["packages"], ln["amount"]) for ln in body["lines"]
+    ] == [
+        ("acme", "form", 2, "64.80"),
+        ("beta", "chat", 2, "64.80"),
+    ]
+    assert body["total"] == "129.60"
+    csv = api.get(f"/v1/invoices/{invoice_month}",
+                  headers=keyed("finance") | {"Accept": "text/csv"})  # fmt: skip
+    assert csv.headers["content-type"].startswith("text/csv")
+    assert len(csv.text.splitlines()) == 3 and ",64.80," in csv.text
+
+    # A tenant key sees its own tenant only; another tenant is 404, finance-only paths 403.
+    own = api.get(f"/v1/invoices/{invoice_month}", headers=keyed("acme")).json()
+    assert [ln["tenant"] for ln in own["lines"]] == ["acme"]
+    usage_acme = api.get("/v1/tenants/acme/usage", params={"month": MONTH}, headers=keyed("acme"))
+    assert usage_acme.status_code == 200
+    form = next(s for s in usage_acme.json()["services"] if s["service"] == "form")
+    assert (form["usage"], form["users"], form["packages"]) == ("2500", 40, 2)
+    for path, params in [
+        ("/v1/tenants/beta/usage", {"month": MONTH}),
+        ("/v1/threshold-crossings", {"month": MONTH, "tenant": "beta"}),
+    ]:
+        assert api.get(path, params=params, headers=keyed("acme")).status_code == 404
+    crossings = api.get("/v1/threshold-crossings", params={"month": MONTH}, headers=keyed("acme"))
+    assert {c["tenant"] for c in crossings.json()["crossings"]} == {"acme"}
+    assert api.post("/v1/sql", json={"sql": "SELECT 1"}, headers=keyed("acme")).status_code == 403
+    assert api.get(f"/v1/audit/{MONTH}", headers=keyed("producer")).status_code == 403
+    assert api.get(f"/v1/audit/{MONTH}", headers=keyed("finance")).json()["differences"] == []
+
+    spec = api.get("/openapi.json").json()
+    assert {"/v1/events", "/v1/invoices/{month}", "/v1/tenants/{tenant}/usage"} <= set(
+        spec["paths"]
+    )
+    api.close()
