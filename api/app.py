@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from api.auth import Principal, authenticate, presented_key, require, require_tenant
 from api.ingest import BatchRejected, Ingestor
 from api.service import ReadModelService
-from projections.months import parse_month
+from projections.months import parse_month, previous_month
 from projections.readmodel import queries
 from streams.progress import NotCaughtUp
 
@@ -132,6 +132,39 @@ def create_api(service: ReadModelService) -> FastAPI:
         if not rows:
             raise HTTPException(404, f"no usage of tenant {tenant!r} in {month}")
         return json_response({"tenant": tenant, "month": month, "services": rows})
+
+    @app.get("/v1/tenants/{tenant}/usage/history")
+    async def usage_history(
+        tenant: str, until: str = Query(...), months: int = Query(12, ge=1, le=120),
+        principal: Principal = caller,
+    ) -> Response:  # fmt: skip
+        """Usage per month and service for the `months` months up to `until`."""
+        require_tenant(principal, tenant)
+        last = _month(until)
+        first = last
+        for _ in range(months - 1):
+            first = previous_month(first)
+        await fresh()
+        rows = await service.read(queries.usage_history, tenant, first, last)
+        return json_response({"tenant": tenant, "from": first, "until": last, "months": rows})
+
+    @app.get("/v1/tenants/{tenant}/licenses")
+    async def tenant_licences(tenant: str, principal: Principal = caller) -> Response:
+        require_tenant(principal, tenant)
+        await fresh()
+        found = await service.read(queries.licences, tenant)
+        if found is None:
+            raise HTTPException(404, f"no tenant {tenant!r}")
+        return json_response(found)
+
+    @app.get("/v1/tenants/{tenant}/system-events")
+    async def tenant_system_events(
+        tenant: str, status: str | None = None, principal: Principal = caller
+    ) -> Response:
+        require_tenant(principal, tenant)
+        await fresh()
+        rows = await service.read(queries.system_events, tenant, status)
+        return json_response({"tenant": tenant, "events": rows})
 
     @app.get("/v1/threshold-crossings")
     async def crossings(

@@ -57,7 +57,7 @@ class Projector:
     def _open(self) -> duckdb.DuckDBPyConnection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         con = duckdb.connect(str(self.path))
-        schema.create(con, self.plan, self.settings.topics.usage)
+        schema.create(con, self.plan, self.settings.topics.usage, self.settings.topics.system)
         return con
 
     def offsets(self) -> dict[TopicPartition, int]:

@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 import duckdb
+import orjson
 
 from projections.readmodel.schema import NO_CUTOFF, monthly_usage
 from schemas.records import CLOSE_REQUESTED
@@ -84,6 +85,65 @@ def usage(cur: duckdb.DuckDBPyConnection, tenant: str, month: str) -> list[dict[
                                u.service)
         """,  # noqa: S608 - our own SQL; values are bound
         {"tenant": tenant, "month": month},
+    )
+
+
+def usage_history(
+    cur: duckdb.DuckDBPyConnection, tenant: str, first: str, last: str
+) -> list[dict[str, Any]]:
+    """Per month and service from `first` to `last` ("YYYY-MM"): what the tenant's
+    metered-services dashboard plots."""
+    tz = cur.execute("SELECT billing_timezone FROM plan_versions LIMIT 1").fetchone()
+    recomputed = monthly_usage(NO_CUTOFF, tz[0] if tz else "UTC", one_tenant=True)
+    return _rows(
+        cur,
+        f"""
+        SELECT month, service, usage, unit, users, band, included, percent, packages, amount,
+               currency
+        FROM ({recomputed}) WHERE month BETWEEN $first AND $last ORDER BY month, service
+        """,  # noqa: S608 - our own SQL; values are bound
+        {"tenant": tenant, "first": first, "last": last},
+    )
+
+
+def licences(cur: duckdb.DuckDBPyConnection, tenant: str) -> dict[str, Any] | None:
+    """The tenant's registration and its latest licence snapshot, modules with availability."""
+    found = _rows(
+        cur,
+        """
+        SELECT t.company, t.serial_number, t.database_type,
+               l.users, l.expires_on, l.grace_to, l.modules, l.time AS snapshot_time
+        FROM (SELECT 1) one
+        LEFT JOIN tenants t ON t.tenant = $tenant
+        LEFT JOIN (SELECT * FROM licences WHERE tenant = $tenant
+                   ORDER BY "partition", "offset" DESC LIMIT 1) l ON true
+        WHERE t.tenant IS NOT NULL OR l.tenant IS NOT NULL
+        """,
+        {"tenant": tenant},
+    )
+    if not found:
+        return None
+    row = found[0]
+    modules = orjson.loads(row.pop("modules") or "[]")
+    row["modules"] = [
+        {**m, "available": max(0, int(m.get("total", 0)) - int(m.get("in_use", 0)))}
+        for m in modules
+        if isinstance(m, dict)
+    ]
+    return {"tenant": tenant, **row}
+
+
+def system_events(
+    cur: duckdb.DuckDBPyConnection, tenant: str, status: str | None = None
+) -> list[dict[str, Any]]:
+    """The system-messages list: newest first, optionally of one status."""
+    return _rows(
+        cur,
+        "SELECT event, status, message, activated, activated_by, finished, "
+        "expected_completion, system_wide, scope, owner FROM system_event_state "
+        "WHERE tenant = $tenant AND ($status IS NULL OR status = $status) "
+        "ORDER BY activated DESC NULLS LAST, event",
+        {"tenant": tenant, "status": status},
     )
 
 

@@ -149,7 +149,7 @@ SELECT tenant, month, service, (usage::DECIMAL(38, 0) * unit_factor)::DECIMAL(38
 FROM rated"""
 
 
-def views(usage_topic: str, tz: str) -> str:
+def views(usage_topic: str, tz: str, system_topic: str = "system-events") -> str:
     """Views over the raw archive; `usage_topic` is where usage and forwarded licences live."""
     usage_types = ", ".join(f"'{t}'" for t in USAGE_TYPES)
     # Topic names are validated by Settings ([A-Za-z0-9._-]), time zones by ZoneInfo.
@@ -202,6 +202,50 @@ SELECT subject AS tenant, type, time, data->>'$.key' AS key, data->>'$.scope' AS
        data->>'$.activated_at' AS activated_at, data->>'$.activated_by' AS activated_by,
        data->>'$.eta' AS eta, "partition", "offset"
 FROM raw_events WHERE type LIKE 'system.event.%';
+
+-- The state of each system event, identified by (tenant, key, scope, owner): fields from its
+-- latest registration on, each as the last event that carried it; a delete after that
+-- registration ends it. Events an administrator adds stay active until deleted.
+CREATE OR REPLACE VIEW system_event_state AS
+WITH events AS (
+    SELECT subject AS tenant, type, time, data, "offset", "partition",
+           data->>'$.key' AS key, data->>'$.scope' AS scope, data->>'$.owner' AS owner
+    FROM raw_events
+    WHERE topic = '{system_topic}' AND type LIKE 'system.event.%' AND forwarded_from IS NULL
+      AND data->>'$.key' IS NOT NULL AND data->>'$.scope' IS NOT NULL
+), lives AS (
+    SELECT tenant, key, scope, owner,
+           max("offset") FILTER (WHERE type = 'system.event.registered') AS born,
+           max("offset") FILTER (WHERE type = 'system.event.deleted') AS died
+    FROM events GROUP BY tenant, key, scope, owner
+), state AS (
+    SELECT l.tenant, l.key, l.scope, l.owner,
+           arg_max(e.data->>'$.status', e."offset") FILTER (WHERE json_exists(e.data, '$.status')
+               AND e.data->>'$.status' IS NOT NULL) AS status,
+           arg_max(e.data->>'$.message', e."offset") FILTER (WHERE json_exists(e.data, '$.message'))
+             AS message,
+           arg_max(e.data->>'$.activated_at', e."offset")
+             FILTER (WHERE json_exists(e.data, '$.activated_at')) AS activated_at,
+           arg_max(e.data->>'$.activated_by', e."offset")
+             FILTER (WHERE json_exists(e.data, '$.activated_by')) AS activated_by,
+           arg_max(e.data->>'$.eta', e."offset") FILTER (WHERE json_exists(e.data, '$.eta'))
+             AS eta,
+           max(e.time) AS updated_at
+    FROM lives l JOIN events e
+      ON e.tenant = l.tenant AND e.key = l.key AND e.scope = l.scope
+     AND e.owner IS NOT DISTINCT FROM l.owner AND e."offset" >= l.born
+    WHERE l.born IS NOT NULL AND (l.died IS NULL OR l.died < l.born)
+    GROUP BY l.tenant, l.key, l.scope, l.owner
+)
+SELECT tenant, key AS event,
+       CASE WHEN key IN ('NoLogin', 'NoFreetext', 'NoTravel', 'MessageOfTheDay') THEN 'active'
+            ELSE status END AS status,
+       message, TRY_CAST(activated_at AS TIMESTAMPTZ) AS activated,
+       activated_by,
+       CASE WHEN status IN ('finished', 'failed', 'cancelled') THEN updated_at END AS finished,
+       TRY_CAST(eta AS TIMESTAMPTZ) AS expected_completion,
+       scope = 'system' AS system_wide, scope, owner
+FROM state;
 """
 
 
@@ -233,10 +277,10 @@ def load_plan_tables(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
                 )
 
 
-def create(con: duckdb.DuckDBPyConnection, plan: Plan, usage_topic: str) -> None:
+def create(con: duckdb.DuckDBPyConnection, plan: Plan, usage_topic: str, system_topic: str) -> None:
     """Create or upgrade the schema and (re)load the plan; idempotent."""
     con.execute("BEGIN")
     con.execute(TABLES)
     load_plan_tables(con, plan)
-    con.execute(views(usage_topic, plan.versions[0].billing_timezone))
+    con.execute(views(usage_topic, plan.versions[0].billing_timezone, system_topic))
     con.execute("COMMIT")

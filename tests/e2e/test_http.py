@@ -145,6 +145,63 @@ def test_ingest_and_read_over_http_with_keys(stack: Stack) -> None:
     assert api.get(f"/v1/audit/{MONTH}", headers=keyed("producer")).status_code == 403
     assert api.get(f"/v1/audit/{MONTH}", headers=keyed("finance")).json()["differences"] == []
 
+    # The Licences screen's data: registration, licence snapshot, system messages, history.
+    def system(kind: str, n: int, **data: Any) -> dict[str, Any]:
+        return cloudevent(f"system.event.{kind}", data, tenant="acme", id=f"sys-{n}",
+                          source="jobs", time=f"{MONTH}-2{n}T08:00:00Z")  # fmt: skip
+
+    eta = f"{next_month(MONTH)}-01T12:00:00Z"
+    admin = [
+        cloudevent("licensing.tenant.registered",
+                   {"company": "Acme", "serial_number": "SN-7",
+                    "database": {"type": "satellite", "engine": "mssql"}},
+                   tenant="acme", time=f"{MONTH}-01T00:00:00Z", id="reg", source="licensing"),
+        cloudevent("licensing.licenses.changed",
+                   {"users": 40, "expires_on": "2027-06-30", "grace_to": "2027-07-31",
+                    "modules": [{"name": "CRM", "kind": "user", "total": 40, "in_use": 38}]},
+                   tenant="acme", time=f"{MONTH}-02T00:00:00Z", id="lic-2", source="licensing"),
+        system("registered", 1, key="Import", scope="database", status="running",
+               message="Importing 2,000 contacts", activated_at=f"{MONTH}-21T08:00:00Z",
+               activated_by="u17", eta=eta),
+        system("registered", 2, key="NoLogin", scope="system", status="running",
+               message="Maintenance", activated_at=f"{MONTH}-22T08:00:00Z", activated_by="u1"),
+        system("updated", 3, key="NoLogin", scope="system", status="finished"),
+        system("registered", 4, key="FreetextRebuild", scope="database", status="running"),
+        system("deleted", 5, key="FreetextRebuild", scope="database"),
+    ]  # fmt: skip
+    posted = api.post("/v1/events", content=orjson.dumps(admin),
+                      headers=keyed("producer") | {"Content-Type": BATCH})  # fmt: skip
+    assert posted.status_code == 202, posted.text
+    lic = api.get("/v1/tenants/acme/licenses", headers=keyed("acme")).json()
+    assert (lic["company"], lic["serial_number"], lic["database_type"]) == (
+        "Acme",
+        "SN-7",
+        "satellite",
+    )
+    assert (lic["expires_on"], lic["grace_to"]) == ("2027-06-30", "2027-07-31")
+    assert lic["modules"] == [
+        {"name": "CRM", "kind": "user", "total": 40, "in_use": 38, "available": 2}
+    ]
+    assert api.get("/v1/tenants/beta/licenses", headers=keyed("acme")).status_code == 404
+    listed = api.get("/v1/tenants/acme/system-events", headers=keyed("acme")).json()["events"]
+    assert [(e["event"], e["status"], e["system_wide"]) for e in listed] == [
+        ("NoLogin", "active", True),  # added by an administrator: only a delete ends it
+        ("Import", "running", False),
+    ]
+    assert listed[1]["expected_completion"].startswith(f"{next_month(MONTH)}-01T12:00:00")
+    assert listed[1]["activated_by"] == "u17"
+    running = api.get("/v1/tenants/acme/system-events", params={"status": "running"},
+                      headers=keyed("acme")).json()["events"]  # fmt: skip
+    assert [e["event"] for e in running] == ["Import"]
+    history = api.get("/v1/tenants/acme/usage/history", params={"until": next_month(MONTH)},
+                      headers=keyed("acme")).json()  # fmt: skip
+    first = next_month(MONTH)
+    for _ in range(11):
+        first = previous_month(first)
+    assert (history["from"], history["until"]) == (first, next_month(MONTH))
+    forms = [m for m in history["months"] if m["service"] == "form"]
+    assert [(m["month"], m["usage"], m["amount"]) for m in forms] == [(MONTH, "2500", "64.80")]
+
     spec = api.get("/openapi.json").json()
     assert {"/v1/events", "/v1/invoices/{month}", "/v1/tenants/{tenant}/usage"} <= set(
         spec["paths"]
