@@ -4,6 +4,7 @@ Money leaves as strings, never as floats."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
 import io
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
@@ -21,6 +23,7 @@ from api.ingest import BatchRejected, Ingestor
 from api.service import ReadModelService
 from projections.months import parse_month, previous_month
 from projections.readmodel import queries
+from streams.kafka import broker_answers
 from streams.progress import NotCaughtUp
 
 
@@ -103,9 +106,14 @@ def create_api(service: ReadModelService) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> Response:
+        """Ready when the read model is open and projecting, and the broker answers."""
         error = service.failed()
         if error is not None or service.projector is None:
             return json_response({"status": "not ready", "error": repr(error)}, 503)
+        try:
+            await asyncio.wait_for(broker_answers(service.settings), timeout=5)
+        except (KafkaError, TimeoutError, OSError) as exc:
+            return json_response({"status": "not ready", "error": f"broker: {exc!r}"}, 503)
         return json_response({"status": "ready", "rows_written": service.projector.rows_written})
 
     @app.get("/v1/invoices/{month}")

@@ -134,3 +134,9 @@ async def committed_offsets(
     async with admin_client(settings) as admin:
         offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
     return {tp: meta.offset for tp, meta in offsets.items() if meta is not None}
+
+
+async def broker_answers(settings: Settings) -> None:
+    """Raise unless the cluster answers a metadata request."""
+    async with admin_client(settings) as admin:
+        await admin.describe_cluster()

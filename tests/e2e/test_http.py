@@ -202,6 +202,8 @@ def test_ingest_and_read_over_http_with_keys(stack: Stack) -> None:
     forms = [m for m in history["months"] if m["service"] == "form"]
     assert [(m["month"], m["usage"], m["amount"]) for m in forms] == [(MONTH, "2500", "64.80")]
 
+    assert api.get("/healthz").json() == {"status": "ok"}
+    assert api.get("/readyz").json()["status"] == "ready"
     spec = api.get("/openapi.json").json()
     assert {"/v1/events", "/v1/invoices/{month}", "/v1/tenants/{tenant}/usage"} <= set(
         spec["paths"]
