@@ -46,9 +46,11 @@ demo: install kafka ## Run the demo: local stack, a generated month, close, invo
 
 bench: install kafka ## Benchmarks at full size (10M events for the read model; long)
 	$(BIN)/python -m bench.readmodel --events 10000000
+	$(BIN)/python -m bench.ingest
 
 bench-quick: install kafka ## Benchmarks at a size that only checks the harness (CI)
 	$(BIN)/python -m bench.readmodel --quick
+	$(BIN)/python -m bench.ingest --quick
 
 check: lint typecheck test bench-quick ## What CI runs
 
