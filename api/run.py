@@ -43,7 +43,7 @@ async def serve(settings: Settings, plan: Plan) -> None:
         ready.cancel()
         watcher.cancel()
         await app.state.ingestor.close()
-        await service.stop()
+        await service.close()
     if failure:
         raise SystemExit(f"the projector failed: {failure[0]!r}")
 

@@ -16,8 +16,7 @@ import duckdb
 from billing.plan import Plan
 from metering.settings import Settings
 from projections.readmodel.projector import Projector
-from streams.kafka import end_offsets
-from streams.progress import NotCaughtUp, behind, wait_for_workers
+from streams.progress import NotCaughtUp, OffsetsProbe, behind
 
 T = TypeVar("T")
 
@@ -29,15 +28,23 @@ class ReadModelService:
         self.projector: Projector | None = None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.probe = OffsetsProbe(settings)
 
     @property
     def path(self) -> Path:
         return self.settings.duckdb_path or self.settings.data_dir / "metering.duckdb"
 
     async def start(self) -> None:
+        if not self.probe.started:
+            await self.probe.start()
         self.projector = await asyncio.to_thread(Projector, self.settings, self.plan, self.path)
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(self.projector.run(self._stop), name="projector")
+
+    async def close(self) -> None:
+        """Stop for good: the projector and the Kafka clients of the freshness probe."""
+        await self.stop()
+        await self.probe.stop()
 
     async def stop(self) -> None:
         self._stop.set()
@@ -85,11 +92,11 @@ class ReadModelService:
     async def caught_up(self, wait_seconds: float) -> None:
         """Wait until the workers and then this projector have everything written before now."""
         deadline = time.monotonic() + wait_seconds
-        await wait_for_workers(self.settings, wait_seconds)
+        await self.probe.wait_for_workers(wait_seconds)
         projector = self.projector
         if projector is None:
             raise NotCaughtUp("the read model is being replaced; try again")
-        ends = await end_offsets(self.settings, tuple(projector.tables))
+        ends = await self.probe.end_offsets(*projector.tables)
         while (missing := behind(projector.offsets(), ends)) > 0:
             if error := self.failed():
                 raise NotCaughtUp(f"the projector stopped: {error!r}")
