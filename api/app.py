@@ -23,6 +23,7 @@ from api.ingest import BatchRejected, Ingestor
 from api.service import ReadModelService
 from projections.months import parse_month, previous_month
 from projections.readmodel import queries
+from schemas.envelope import CloudEvent
 from streams.kafka import broker_answers
 from streams.progress import NotCaughtUp
 
@@ -89,7 +90,20 @@ def create_api(service: ReadModelService) -> FastAPI:
     ingestor = Ingestor(service.settings, service.plan)
     app.state.ingestor = ingestor
 
-    @app.post("/v1/events", status_code=202)
+    event_schema = CloudEvent.model_json_schema(ref_template="#/components/schemas/{model}")
+    ingest_body = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/cloudevents+json": {"schema": event_schema},
+                "application/cloudevents-batch+json": {
+                    "schema": {"type": "array", "items": event_schema}
+                },
+            },
+        }
+    }
+
+    @app.post("/v1/events", status_code=202, openapi_extra=ingest_body)
     async def ingest(request: Request, principal: Principal = caller) -> Response:
         """One CloudEvent (application/cloudevents+json) or a batch
         (application/cloudevents-batch+json); all or nothing, 202 once the broker has them."""

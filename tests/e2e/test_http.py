@@ -85,6 +85,7 @@ def test_ingest_and_read_over_http_with_keys(stack: Stack) -> None:
 
     before = asyncio.run(end_offsets(settings, (settings.topics.usage,)))
     future = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    too_late = (dt.datetime.now(dt.UTC) - dt.timedelta(days=200)).isoformat()
     bad = [
         usage("acme", "metering.form.submitted", 1, 100),
         usage("acme", "metering.form.submitted", 0, 101),
@@ -92,6 +93,7 @@ def test_ingest_and_read_over_http_with_keys(stack: Stack) -> None:
         usage("acme", "metering.teleport.used", 1, 103),
         usage("acme", "metering.form.submitted", 1, 104, time=future),
         "not an object",
+        usage("acme", "metering.form.submitted", 1, 105, time=too_late),
     ]
     rejected = api.post("/v1/events", content=orjson.dumps(bad),
                         headers=keyed("producer") | {"Content-Type": BATCH})  # fmt: skip
@@ -102,6 +104,7 @@ def test_ingest_and_read_over_http_with_keys(stack: Stack) -> None:
         (3, "unknown_type", "type"),
         (4, "future", "time"),
         (5, "bad_json", None),
+        (6, "too_late", "time"),
     ]
     assert asyncio.run(end_offsets(settings, (settings.topics.usage,))) == before
 
