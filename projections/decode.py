@@ -183,6 +183,18 @@ def admit(obj: Any, received: dt.datetime, plan: Plan) -> tuple[str, CloudEvent]
     raise Rejected("unknown_type", "type", f"unknown event type {event.type!r}")
 
 
+def check_system_event(value: bytes | None, position: Position) -> DeadLetter | None:
+    """A record of `system-events` that the list could not show becomes a dead letter."""
+    try:
+        event = parse_envelope(value)
+        if event.type not in SYSTEM_EVENT_TYPES:
+            raise Rejected("unknown_type", "type", f"unknown event type {event.type!r}")
+        _data(SystemEventData, event)
+    except Rejected as rejected:
+        return dead_letter(value, position, rejected)
+    return None
+
+
 def payload_text(value: bytes | None) -> str:
     raw = (value or b"")[:MAX_PAYLOAD_ECHO]
     return raw.decode("utf-8", errors="backslashreplace")

@@ -16,8 +16,8 @@ import faust
 
 from billing.plan import Plan
 from metering.settings import Settings
-from projections.batch import fold_batch
-from projections.decode import decode
+from projections.batch import BatchResult, fold_batch
+from projections.decode import check_system_event, decode
 from projections.events import Position
 from projections.months import auto_close_due
 from streams.commands import request_close
@@ -84,6 +84,7 @@ def create_app(settings: Settings, plan: Plan) -> faust.App:
     state = TableState(*tables)
     usage_topic = app.topic(topics.usage, key_serializer="raw", value_serializer="raw")
     licences_topic = app.topic(topics.licenses, key_serializer="raw", value_serializer="raw")
+    system_topic = app.topic(topics.system, key_serializer="raw", value_serializer="raw")
     out = {
         name: app.topic(topic, key_serializer="raw", value_serializer="raw")
         for name, topic in (
@@ -111,6 +112,20 @@ def create_app(settings: Settings, plan: Plan) -> faust.App:
                     partition=message.partition,
                     headers=[(FORWARDED_FROM, origin)],
                 )
+
+    @app.agent(system_topic, name="system-events")
+    async def system_events(stream: Any) -> None:
+        # System events carry no billing state (the read model keeps their list); the worker
+        # only makes sure that none it could not read goes unnoticed: each is dead-lettered.
+        outputs = Outputs(out, await load_emitted(settings))
+        async for events in stream.take_events(settings.batch_size, settings.batch_within):
+            letters = [
+                letter
+                for event in events
+                if (letter := check_system_event(event.message.value, position_of(event.message)))
+            ]
+            if letters:
+                await outputs.send(BatchResult(dead_letters=letters))
 
     @app.agent(usage_topic, name="ingest")
     async def ingest(stream: Any) -> None:

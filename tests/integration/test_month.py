@@ -103,6 +103,7 @@ BAD = [
     orjson.dumps(ce(MAILING, {"quantity": 9_999}, tenant="acme", time=f"{M}-03T12:00", id="b4")),
     orjson.dumps(ce(MAILING, {"quantity": 9_999}, tenant="acme", time=FUTURE, id="b5")),
     orjson.dumps(NO_SUBJECT),
+    orjson.dumps(ce("system.event.registered", {"key": "Import"}, time=at(M, 3), id="b7")),
 ]  # fmt: skip
 
 
@@ -197,6 +198,7 @@ def test_a_month_end_to_end(stack: Stack) -> None:
         ("invalid_field", "time"),
         ("future", "time"),
         ("missing_field", "subject"),
+        ("missing_field", "data.scope"),
     }
     assert len(records(settings, settings.topics.dead_letters)) == len(BAD)
 

@@ -101,3 +101,21 @@ def test_too_late_is_judged_by_log_time_not_the_clock() -> None:
 def test_non_utf8_payload_is_kept_readably() -> None:
     result = run(b"\xff\xfe")
     assert isinstance(result, DeadLetter) and result.payload == "\\xff\\xfe"
+
+
+def test_system_events_that_cannot_be_listed_are_dead_lettered() -> None:
+    from projections.decode import check_system_event
+
+    position = Position(topic="system-events", partition=0, offset=4, log_time=LOG_TIME)
+    good = {"key": "Import", "scope": "database", "status": "running"}
+    assert check_system_event(event(type="system.event.registered", data=good), position) is None
+    missing = check_system_event(
+        event(type="system.event.updated", data={"key": "Import"}), position
+    )
+    assert missing is not None and (missing.reason, missing.field) == (
+        "missing_field",
+        "data.scope",
+    )
+    unknown = check_system_event(event(type="system.event.exploded", data=good), position)
+    assert unknown is not None and unknown.reason == "unknown_type"
+    assert unknown.id == "system-events/0/4"
