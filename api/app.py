@@ -86,6 +86,8 @@ def create_api(service: ReadModelService) -> FastAPI:
             await service.caught_up(wait)
         except NotCaughtUp as exc:
             raise HTTPException(503, str(exc)) from None
+        except (KafkaError, OSError) as exc:  # the broker is away: unavailable, not broken
+            raise HTTPException(503, f"the broker is unreachable: {exc!r}") from None
 
     ingestor = Ingestor(service.settings, service.plan)
     app.state.ingestor = ingestor

@@ -23,6 +23,7 @@ from projections.decode import Rejected, admit
 
 SINGLE = {"application/cloudevents+json", "application/json"}
 BATCH = "application/cloudevents-batch+json"
+ACK_TIMEOUT = 15.0  # seconds to wait for the broker's acknowledgement before answering 503
 
 
 class BatchRejected(Exception):
@@ -108,13 +109,20 @@ class Ingestor:
         if problems:
             raise BatchRejected(problems)
         producer = await self.producer()
-        try:
+
+        async def send_all() -> None:
             sent = [
                 await producer.send(topic, orjson.dumps(obj), key=subject.encode())
                 for topic, subject, obj in routed
             ]
             await asyncio.gather(*sent)
-        except KafkaError as exc:
+
+        try:
+            # aiokafka retries an absent broker without end; a producer deserves an answer.
+            # A batch refused here may still land later: resending it is safe, since events
+            # are deduplicated by (source, id).
+            await asyncio.wait_for(send_all(), timeout=ACK_TIMEOUT)
+        except (KafkaError, TimeoutError) as exc:
             raise HTTPException(
                 503, f"the broker did not acknowledge the events: {exc!r}"
             ) from None

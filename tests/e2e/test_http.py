@@ -139,6 +139,9 @@ def test_ingest_and_read_over_http_with_keys(stack: Stack) -> None:
     assert (form["usage"], form["users"], form["packages"]) == ("2500", 40, 2)
     for path, params in [
         ("/v1/tenants/beta/usage", {"month": MONTH}),
+        ("/v1/tenants/beta/usage/history", {"until": MONTH}),
+        ("/v1/tenants/beta/licenses", {}),
+        ("/v1/tenants/beta/system-events", {}),
         ("/v1/threshold-crossings", {"month": MONTH, "tenant": "beta"}),
     ]:
         assert api.get(path, params=params, headers=keyed("acme")).status_code == 404
