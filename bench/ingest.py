@@ -24,13 +24,13 @@ from typing import Any
 import httpx
 import orjson
 
+from bench.report import report
 from metering.broker import start_broker, stop_process
 from metering.generate import generate_month
 from metering.settings import Settings
 from projections.months import month_of, previous_month
 from streams.kafka import ensure_topics, producer
 
-RESULTS = Path(__file__).with_name("results")
 BATCH = "application/cloudevents-batch+json"
 
 
@@ -151,13 +151,7 @@ def main() -> None:
     count, singles = (2_000, 50) if args.quick else (args.events, args.singles)
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         figures = run(count, singles, Path(tmp))
-    width = max(map(len, figures))
-    for name, value in figures.items():
-        shown = f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"
-        print(f"{name:<{width}}  {shown:>14}")
-    RESULTS.mkdir(exist_ok=True)
-    name = "ingest-quick.json" if args.quick else "ingest.json"
-    (RESULTS / name).write_text(json.dumps(figures, indent=2) + "\n")
+    report(figures, "ingest", args.quick)
 
 
 if __name__ == "__main__":

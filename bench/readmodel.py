@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import os
 import tempfile
 import time
@@ -26,6 +25,7 @@ import duckdb
 import orjson
 from aiokafka import AIOKafkaConsumer
 
+from bench.report import report
 from billing.plan import load_plan
 from metering.broker import start_broker
 from metering.generate import generate_month
@@ -34,8 +34,6 @@ from projections.months import month_of, previous_month
 from projections.readmodel import queries
 from projections.readmodel.projector import Projector
 from streams.kafka import end_offsets, ensure_topics, partitions_of, producer
-
-RESULTS = Path(__file__).with_name("results")
 
 
 async def produce(settings: Settings, events: int, month: str) -> int:
@@ -175,13 +173,7 @@ def main() -> None:
     events = 20_000 if args.quick else args.events
     with tempfile.TemporaryDirectory(prefix="bench-readmodel-") as tmp:
         figures = run(events, args.bootstrap, Path(tmp))
-    width = max(map(len, figures))
-    for name, value in figures.items():
-        shown = f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"
-        print(f"{name:<{width}}  {shown:>16}")
-    RESULTS.mkdir(exist_ok=True)
-    name = "readmodel-quick.json" if args.quick else "readmodel.json"
-    (RESULTS / name).write_text(json.dumps(figures, indent=2) + "\n")
+    report(figures, "readmodel", args.quick)
 
 
 if __name__ == "__main__":
