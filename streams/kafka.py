@@ -128,14 +128,6 @@ async def read_all(settings: Settings, topic: str) -> list[ConsumerRecord[bytes,
         return records
 
 
-async def committed_offsets(
-    settings: Settings, group: str, tps: list[TopicPartition]
-) -> dict[TopicPartition, int]:
-    async with admin_client(settings) as admin:
-        offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
-    return {tp: meta.offset for tp, meta in offsets.items() if meta is not None}
-
-
 async def broker_answers(settings: Settings) -> None:
     """Raise unless the cluster answers a metadata request."""
     async with admin_client(settings) as admin:
