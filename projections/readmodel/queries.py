@@ -45,6 +45,12 @@ def _rows(
     ]
 
 
+def _recomputed(cur: duckdb.DuckDBPyConnection, upto: str, one_tenant: bool = False) -> str:
+    """The monthly-usage SQL in the billing time zone of the loaded plan."""
+    tz = cur.execute("SELECT billing_timezone FROM plan_versions LIMIT 1").fetchone()
+    return monthly_usage(upto, tz[0] if tz else "UTC", one_tenant)
+
+
 def invoice_lines(cur: duckdb.DuckDBPyConnection, month: str) -> list[dict[str, Any]]:
     return _rows(
         cur,
@@ -68,8 +74,7 @@ def crossings(
 
 def usage(cur: duckdb.DuckDBPyConnection, tenant: str, month: str) -> list[dict[str, Any]]:
     """`usage_monthly` for one tenant and month, computed for that tenant alone."""
-    tz = cur.execute("SELECT billing_timezone FROM plan_versions LIMIT 1").fetchone()
-    recomputed = monthly_usage(NO_CUTOFF, tz[0] if tz else "UTC", one_tenant=True)
+    recomputed = _recomputed(cur, NO_CUTOFF, one_tenant=True)
     return _rows(
         cur,
         f"""
@@ -93,8 +98,7 @@ def usage_history(
 ) -> list[dict[str, Any]]:
     """Per month and service from `first` to `last` ("YYYY-MM"): what the tenant's
     metered-services dashboard plots."""
-    tz = cur.execute("SELECT billing_timezone FROM plan_versions LIMIT 1").fetchone()
-    recomputed = monthly_usage(NO_CUTOFF, tz[0] if tz else "UTC", one_tenant=True)
+    recomputed = _recomputed(cur, NO_CUTOFF, one_tenant=True)
     return _rows(
         cur,
         f"""
@@ -166,8 +170,7 @@ def audit(cur: duckdb.DuckDBPyConnection, month: str, usage_topic: str) -> list[
             GROUP BY m."partition", close_id
         ) GROUP BY "partition"
     """  # noqa: S608 - the topic name is validated by Settings
-    tz = cur.execute("SELECT billing_timezone FROM plan_versions LIMIT 1").fetchone()
-    recomputed = monthly_usage(upto, tz[0] if tz else "UTC")
+    recomputed = _recomputed(cur, upto)
     return _rows(
         cur,
         f"""
