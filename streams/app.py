@@ -7,6 +7,7 @@ returns; every decision lives in the pure folds.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import uuid
@@ -95,6 +96,23 @@ def create_app(settings: Settings, plan: Plan) -> faust.App:
         )
     }
     barrier_topics = frozenset(topics.inputs)
+    outputs_ready: asyncio.Task[Outputs] | None = None
+
+    async def shared_outputs() -> Outputs:
+        # Both agents send through one Outputs, so the ids already in the output topics are
+        # read once at start, and an id sent by one agent is known to the other.
+        nonlocal outputs_ready
+        failed = (
+            outputs_ready is not None
+            and outputs_ready.done()
+            and (outputs_ready.cancelled() or outputs_ready.exception() is not None)
+        )
+        if outputs_ready is None or failed:  # a failed load is tried again on agent restart
+            outputs_ready = asyncio.ensure_future(_outputs())
+        return await asyncio.shield(outputs_ready)
+
+    async def _outputs() -> Outputs:
+        return Outputs(out, await load_emitted(settings))
 
     @app.agent(licences_topic, name="forward")
     async def forward(stream: Any) -> None:
@@ -117,7 +135,7 @@ def create_app(settings: Settings, plan: Plan) -> faust.App:
     async def system_events(stream: Any) -> None:
         # System events carry no billing state (the read model keeps their list); the worker
         # only makes sure that none it could not read goes unnoticed: each is dead-lettered.
-        outputs = Outputs(out, await load_emitted(settings))
+        outputs = await shared_outputs()
         async for events in stream.take_events(settings.batch_size, settings.batch_within):
             letters = [
                 letter
@@ -129,7 +147,7 @@ def create_app(settings: Settings, plan: Plan) -> faust.App:
 
     @app.agent(usage_topic, name="ingest")
     async def ingest(stream: Any) -> None:
-        outputs = Outputs(out, await load_emitted(settings))
+        outputs = await shared_outputs()
         async for events in stream.take_events(settings.batch_size, settings.batch_within):
             decoded = [
                 decode(event.message.value, position_of(event.message), plan) for event in events
