@@ -20,6 +20,7 @@ from fastapi import HTTPException, Request
 from billing.plan import Plan
 from metering.settings import Settings
 from projections.decode import Rejected, admit
+from streams.kafka import new_producer
 
 SINGLE = {"application/cloudevents+json", "application/json"}
 BATCH = "application/cloudevents-batch+json"
@@ -46,14 +47,7 @@ class Ingestor:
     async def producer(self) -> AIOKafkaProducer:
         async with self._lock:
             if self._producer is None:
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self.settings.bootstrap(),
-                    enable_idempotence=True,
-                    acks="all",
-                    linger_ms=2,
-                    request_timeout_ms=10_000,
-                    **self.settings.kafka_options(),
-                )
+                producer = new_producer(self.settings, linger_ms=2, request_timeout_ms=10_000)
                 try:
                     await asyncio.wait_for(producer.start(), timeout=15)
                 except (KafkaError, TimeoutError, OSError) as exc:

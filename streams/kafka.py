@@ -59,12 +59,17 @@ async def ensure_topics(settings: Settings, replication: int = 1) -> None:
         )
 
 
-@contextlib.asynccontextmanager
-async def producer(settings: Settings, **options: Any) -> AsyncIterator[AIOKafkaProducer]:
+def new_producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
+    """An idempotent, acks=all producer (not started); `options` override the defaults."""
     config: dict[str, Any] = {"enable_idempotence": True, "acks": "all", "linger_ms": 5}
     config.update(settings.kafka_options())
     config.update(options)
-    client = AIOKafkaProducer(bootstrap_servers=settings.bootstrap(), **config)
+    return AIOKafkaProducer(bootstrap_servers=settings.bootstrap(), **config)
+
+
+@contextlib.asynccontextmanager
+async def producer(settings: Settings, **options: Any) -> AsyncIterator[AIOKafkaProducer]:
+    client = new_producer(settings, **options)
     await client.start()
     try:
         yield client
