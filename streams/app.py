@@ -69,6 +69,8 @@ def create_app(settings: Settings, plan: Plan) -> faust.App:
         broker=[f"kafka://{hp}" for hp in settings.bootstrap().split(",")],
         broker_credentials=_credentials(settings),
         store="memory://",
+        # Faust's default data dir is relative to the working directory.
+        datadir=str(settings.data_dir / "faust"),
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
         web_enabled=False,
