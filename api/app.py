@@ -26,6 +26,7 @@ from projections.readmodel import queries
 from schemas.envelope import CloudEvent
 from streams.kafka import broker_answers
 from streams.progress import NotCaughtUp
+from web.routes import register as register_web
 
 
 def _default(value: Any) -> Any:
@@ -237,4 +238,5 @@ def create_api(service: ReadModelService) -> FastAPI:
         except PermissionError as exc:
             raise HTTPException(403, str(exc)) from None
 
+    register_web(app, service, fresh)
     return app

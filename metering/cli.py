@@ -47,7 +47,8 @@ def up(detach: bool) -> None:
             record = start_detached(settings)
             click.echo(
                 f"stack ready: Kafka at {record['bootstrap']}, read model API at "
-                f"{record['api_url']}, data in {settings.data_dir}"
+                f"{record['api_url']}, data in {settings.data_dir}\n"
+                f"the Licences page of a tenant: {record['api_url']}/ui/tenants/<tenant>"
             )
             return
         run_stack(

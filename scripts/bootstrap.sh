@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # System packages the project needs: Java 17+ and Maven (the Kafka broker), Python 3.11+ with
-# venv. Installs only what is missing (Debian, as root); quick when everything is there.
+# venv, Chromium and Prometheus (for the tests). Installs only what is missing (Debian, as
+# root); quick when everything is there.
 set -euo pipefail
 missing=()
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+# Browser tests of the Licences page drive Debian's Chromium; dashboard tests scrape with
+# Debian's Prometheus (and check rules with its promtool).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 if ((${#missing[@]})); then
   echo "installing ${missing[*]} ..." >&2
   apt-get update -q

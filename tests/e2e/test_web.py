@@ -1,0 +1,209 @@
+"""The tenant's Licences screen in real headless Chromium (Debian's package, through
+Playwright), against a real stack: sign in, both tabs, both languages, another tenant refused.
+Screenshots of both tabs in both languages go to build/screenshots/ (METERING_SCREENSHOTS)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from api.auth import key_hash
+from projections.months import month_of, previous_month
+from tests.conftest import Stack
+from tests.factories import cloudevent
+
+playwright = pytest.importorskip("playwright.sync_api")
+
+pytestmark = pytest.mark.integration
+
+KEYS = {"producer": "p-web", "acme": "a-web", "beta": "b-web"}
+SHOTS = Path(os.environ.get("METERING_SCREENSHOTS") or "build/screenshots")
+BATCH = "application/cloudevents-batch+json"
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        pytest.fail("Debian's chromium is needed (scripts/bootstrap.sh installs it)")
+    return found
+
+
+def stored_keys() -> str:
+    return json.dumps(
+        [
+            {"role": "producer", "sha256": key_hash(KEYS["producer"])},
+            {"role": "tenant", "tenant": "acme", "sha256": key_hash(KEYS["acme"])},
+            {"role": "tenant", "tenant": "beta", "sha256": key_hash(KEYS["beta"])},
+        ]
+    )
+
+
+def the_events(now: dt.datetime) -> tuple[str, list[dict[str, Any]]]:
+    """Three months of acme: forms under, then twice over the 1,000 included (40 users)."""
+    this = month_of(now, dt.UTC)
+    before, earlier = previous_month(this), previous_month(previous_month(this))
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def used(tenant: str, type_: str, data: dict[str, Any], month: str | None, n: int) -> Any:
+        time = stamp if month is None else f"{month}-10T10:00:00Z"
+        return cloudevent(type_, data, tenant=tenant, time=time, id=f"{tenant}-{type_}-{n}")
+
+    events = [
+        cloudevent("licensing.tenant.registered",
+                   {"company": "Acme Holding", "serial_number": "SN-4711",
+                    "database": {"type": "central", "engine": "mssql"}},
+                   tenant="acme", time=f"{earlier}-01T00:00:00Z", id="reg", source="lic"),
+        cloudevent("licensing.licenses.changed",
+                   {"users": 40, "expires_on": "2027-06-30", "grace_to": None,
+                    "modules": [{"name": "CRM", "kind": "user", "total": 40, "in_use": 38},
+                                {"name": "Marketing", "kind": "site", "total": 1, "in_use": 1}]},
+                   tenant="acme", time=f"{earlier}-01T00:00:01Z", id="lic", source="lic"),
+        used("acme", "metering.form.submitted", {"quantity": 800}, earlier, 1),
+        used("acme", "metering.form.submitted", {"quantity": 2500}, before, 2),
+        used("acme", "metering.form.submitted", {"quantity": 1700}, None, 3),
+        used("acme", "metering.storage.measured", {"bytes": 30 * 10**9}, None, 4),
+        used("acme", "metering.mailing.sent", {"quantity": 9000}, None, 5),
+        used("beta", "metering.chat.started", {"quantity": 5}, None, 6),
+        cloudevent("system.event.registered",
+                   {"key": "Import", "scope": "database", "owner": None, "status": "running",
+                    "message": "Importing 2,000 contacts", "activated_at": stamp,
+                    "activated_by": "u17", "eta": "2030-01-01T12:00:00Z"},
+                   tenant="acme", time=stamp, id="sys-1", source="jobs"),
+        cloudevent("system.event.registered",
+                   {"key": "MessageOfTheDay", "scope": "system", "owner": None,
+                    "status": "running", "message": "Welcome back", "activated_at": stamp,
+                    "activated_by": "u1", "eta": None},
+                   tenant="acme", time=stamp, id="sys-2", source="jobs"),
+    ]  # fmt: skip
+    return this, events
+
+
+@contextlib.contextmanager
+def chromium_browser() -> Iterator[Any]:
+    # Playwright's sync API runs an event loop in this thread while it is open, so the stack
+    # (which uses asyncio.run) is set up before it starts.
+    with playwright.sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def test_licences_screen_in_chromium(stack: Stack) -> None:
+    stack.create_topics()
+    stack.start_worker()
+    stack.start_projector(METERING_API_KEYS=stored_keys())
+    with chromium_browser() as browser:
+        drive(stack, browser)
+
+
+def drive(stack: Stack, browser: Any) -> None:
+    base = stack.env["METERING_API_URL"]
+    month, events = the_events(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30))
+    posted = httpx.post(f"{base}/v1/events", content=orjson.dumps(events), timeout=60,
+                        headers={"Authorization": f"Bearer {KEYS['producer']}",
+                                 "Content-Type": BATCH})  # fmt: skip
+    assert posted.status_code == 202, posted.text
+    SHOTS.mkdir(parents=True, exist_ok=True)
+
+    context = browser.new_context(locale="en-GB", viewport={"width": 1280, "height": 1400})
+    page = context.new_page()
+    page_url = f"{base}/ui/tenants/acme?month={month}"
+
+    # Not signed in: the sign-in form, then back to the page asked for.
+    page.goto(page_url)
+    assert "/ui/login" in page.url
+    page.get_by_label("API key").fill("wrong")
+    page.get_by_role("button", name="Sign in").click()
+    assert page.get_by_role("alert").inner_text() == "Unknown API key."
+    page.get_by_label("API key").fill(KEYS["acme"])
+    page.get_by_role("button", name="Sign in").click()
+    assert page.url.startswith(f"{base}/ui/tenants/acme")
+
+    # Licences tab: owner, expiry, the list; a licence name opens its details.
+    assert page.locator("h1").inner_text() == "Licences: Acme Holding"
+    facts = page.locator("#owner-heading + dl").inner_text()
+    assert "SN-4711" in facts and "30 Jun 2027" in facts
+    rows = page.locator("#licence-list tbody tr")
+    assert rows.count() == 2
+    assert rows.nth(0).inner_text().split("\t") == ["CRM", "User", "38", "2", "40"]
+    page.get_by_role("link", name="CRM").click()
+    assert "Available\n2" in page.locator("#licence-details").inner_text()
+    page.screenshot(path=str(SHOTS / "licences-en.png"), full_page=True)
+
+    # The Status tab, reached from the keyboard.
+    page.focus("#tab-status")
+    page.keyboard.press("Enter")
+    page.wait_for_url("**tab=status**")
+    database = page.locator("#database-heading + dl").inner_text()
+    assert "Central database" in database and "SN-4711" in database
+    form = page.locator("article[data-service=form]")
+    assert "is-over" in (form.get_attribute("class") or "")
+    assert form.locator(".percent").inner_text() == "170 %"
+    assert form.locator(".amount").inner_text() == "€32.40"
+    included = form.locator("path[data-kind=included]")
+    assert included.count() == 1 and (included.get_attribute("d") or "").startswith("M")
+    assert form.locator("path[data-kind=package-boundary]").count() >= 1
+    over_months = [b.get_attribute("data-month") for b in form.locator("rect.bar.over").all()]
+    assert over_months == [previous_month(month), month]
+    storage = page.locator("article[data-service=storage]")
+    assert "is-over" not in (storage.get_attribute("class") or "")
+    assert storage.locator(".percent").inner_text() == "60 %"
+
+    messages = page.locator("#system-messages tbody tr")
+    listed = {r.locator("th").inner_text(): r.inner_text() for r in messages.all()}
+    assert set(listed) == {"Import", "MessageOfTheDay"}
+    assert "Running" in listed["Import"] and "expected 1 Jan 2030" in listed["Import"]
+    assert "Active" in listed["MessageOfTheDay"] and "System-wide" in listed["MessageOfTheDay"]
+    page.get_by_role("link", name="Import").click()
+    assert "Importing 2,000 contacts" in page.locator("#description").inner_text()
+    page.get_by_role("button", name="Refresh").click()
+    assert "Importing 2,000 contacts" in page.locator("#description").inner_text()
+    page.screenshot(path=str(SHOTS / "status-en.png"), full_page=True)
+
+    # Switching language changes every label, and is remembered.
+    page.get_by_role("link", name="Nederlands").click()
+    assert page.locator("#tab-status").inner_text() == "Status"
+    assert page.locator("#metered-heading").inner_text().startswith("Diensten met datalimiet")
+    assert page.locator("#messages-heading").inner_text() == "Systeemmeldingen"
+    assert form.locator(".amount").inner_text() == "€\u00a032,40"  # a no-break space in Dutch
+    assert "Bezig" in page.locator("#system-messages").inner_text()
+    page.screenshot(path=str(SHOTS / "status-nl.png"), full_page=True)
+    page.locator("#tab-licences").click()
+    assert page.locator("h1").inner_text() == "Licenties: Acme Holding"
+    assert page.locator("#licence-list thead").inner_text().split("\t")[:3] == [
+        "Licentie", "Soort", "In gebruik"
+    ]  # fmt: skip
+    page.screenshot(path=str(SHOTS / "licences-nl.png"), full_page=True)
+    page.goto(page_url)  # no lang parameter: the choice was remembered
+    assert page.locator("#tab-licences").inner_text() == "Licenties"
+
+    # Every control has a name, every chart a title: what a screen reader needs.
+    page.goto(page_url + "&tab=status")
+    for chart in page.locator("svg[role=img]").all():
+        assert (chart.locator("title").first.text_content() or "").strip()
+    assert page.locator("input:not([type=hidden]):not([id])").count() == 0
+
+    # Another tenant's page does not exist for this key; its own key opens it.
+    assert page.goto(f"{base}/ui/tenants/beta").status == 404
+    assert page.goto(f"{base}/ui/tenants/beta?lang=en").status == 404
+    context.close()
+
+    dutch = browser.new_context(locale="nl-NL")
+    page = dutch.new_page()
+    page.set_extra_http_headers({"Authorization": f"Bearer {KEYS['beta']}"})
+    assert page.goto(f"{base}/ui/tenants/beta?month={month}&tab=status").status == 200
+    assert page.locator("#metered-heading").inner_text().startswith("Diensten met datalimiet")
+    assert page.goto(f"{base}/ui/tenants/acme").status == 404
+    dutch.close()
