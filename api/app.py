@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from api.auth import Principal, authenticate, presented_key, require, require_tenant
 from api.ingest import BatchRejected, Ingestor
+from api.metrics import instrument
 from api.service import ReadModelService
 from projections.months import parse_month, previous_month
 from projections.readmodel import queries
@@ -239,4 +240,5 @@ def create_api(service: ReadModelService) -> FastAPI:
             raise HTTPException(403, str(exc)) from None
 
     register_web(app, service, fresh)
+    instrument(app, service.metrics)
     return app

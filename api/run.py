@@ -9,6 +9,7 @@ import json
 import uvicorn
 
 from api.app import create_api
+from api.metrics import keep_fresh
 from api.service import ReadModelService
 from billing.plan import Plan
 from metering.settings import Settings
@@ -37,11 +38,13 @@ async def serve(settings: Settings, plan: Plan) -> None:
         server.should_exit = True
 
     watcher = asyncio.create_task(watch())
+    gauges = asyncio.create_task(keep_fresh(service, service.metrics), name="metrics")
     try:
         await server.serve()
     finally:
         ready.cancel()
         watcher.cancel()
+        gauges.cancel()
         await app.state.ingestor.close()
         await service.close()
     if failure:

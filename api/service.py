@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
+from prometheus_client import CollectorRegistry
 
 from billing.plan import Plan
 from metering.settings import Settings
+from observability.metrics import ReadModelMetrics
 from projections.readmodel.projector import Projector
 from streams.progress import NotCaughtUp, OffsetsProbe, behind
 
@@ -22,9 +24,12 @@ T = TypeVar("T")
 
 
 class ReadModelService:
-    def __init__(self, settings: Settings, plan: Plan) -> None:
+    def __init__(
+        self, settings: Settings, plan: Plan, metrics: ReadModelMetrics | None = None
+    ) -> None:
         self.settings = settings
         self.plan = plan
+        self.metrics = metrics or ReadModelMetrics(CollectorRegistry())
         self.projector: Projector | None = None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -38,8 +43,13 @@ class ReadModelService:
         if not self.probe.started:
             await self.probe.start()
         self.projector = await asyncio.to_thread(Projector, self.settings, self.plan, self.path)
+        self.projector.on_written = self._count_rows
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(self.projector.run(self._stop), name="projector")
+
+    def _count_rows(self, by_table: dict[str, int]) -> None:
+        for table, rows in by_table.items():
+            self.metrics.rows.labels(table).inc(rows)
 
     async def close(self) -> None:
         """Stop for good: the projector and the Kafka clients of the freshness probe."""

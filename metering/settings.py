@@ -126,6 +126,19 @@ class Settings(BaseSettings):
         default=None, description="Written by a worker once it has partitions and state."
     )
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
+    metrics_host: str = Field(default="127.0.0.1", description="Where a worker serves /metrics.")
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="A worker's /metrics port; 0: a free port."
+    )
+    metrics_refresh: float = Field(
+        default=15.0, gt=0, description="Seconds between reads of the read-model gauges."
+    )
+    metrics_tenant_top: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="Per-tenant usage ratio series for this many top tenants; 0: none.",
+    )
 
     @field_validator("auto_close_grace", mode="before")
     @classmethod

@@ -119,9 +119,14 @@ def run_stack(settings: Settings, on_ready: Any = None, timeout: float = 180.0) 
         projector = _start("projector", local, bootstrap, settings.data_dir / "projector.ready")
         record.update(worker_pid=worker.pid, projector_pid=projector.pid)
         _write_record(settings, **record)
-        _wait_ready("worker", worker, settings.data_dir / "worker.ready", timeout)
+        worker_ready = _wait_ready("worker", worker, settings.data_dir / "worker.ready", timeout)
         ready = _wait_ready("projector", projector, settings.data_dir / "projector.ready", timeout)
         record["api_url"] = json.loads(ready)["api_url"]
+        # What Prometheus scrapes: `metering prometheus-config` writes a config from these.
+        record["metrics"] = {
+            "metering-worker": json.loads(worker_ready)["metrics_url"],
+            "metering-projector": f"{record['api_url']}/metrics",
+        }
         record["ready"] = True
         _write_record(settings, **record)
         if on_ready is not None:

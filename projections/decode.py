@@ -36,6 +36,13 @@ RETENTION = dt.timedelta(days=90)
 MAX_PAYLOAD_ECHO = 2048  # bytes of a rejected payload kept in its dead letter
 
 
+# Every reason code a dead letter can carry (`unroutable` comes from `metering send`).
+REASONS = (
+    "empty", "bad_json", "missing_field", "invalid_field", "unknown_type", "future", "too_late",
+    "no_plan", "unroutable",
+)  # fmt: skip
+
+
 class Rejected(Exception):
     def __init__(self, reason: str, field: str | None, detail: str) -> None:
         super().__init__(detail)

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import uuid
 from typing import Any, cast
 
 import faust
+from prometheus_client import CollectorRegistry
 
 from billing.plan import Plan
 from metering.settings import Settings
+from observability.exposition import RebalanceSensor, serve
+from observability.metrics import WorkerMetrics
 from projections.batch import BatchResult, fold_batch
 from projections.decode import check_system_event, decode
 from projections.events import Position
@@ -85,6 +89,8 @@ def create_app(settings: Settings, plan: Plan) -> faust.App:
         for name in TABLES
     ]
     state = TableState(*tables)
+    metrics = WorkerMetrics(CollectorRegistry())
+    app.sensors.add(RebalanceSensor(metrics))
     usage_topic = app.topic(topics.usage, key_serializer="raw", value_serializer="raw")
     licences_topic = app.topic(topics.licenses, key_serializer="raw", value_serializer="raw")
     system_topic = app.topic(topics.system, key_serializer="raw", value_serializer="raw")
@@ -123,6 +129,7 @@ def create_app(settings: Settings, plan: Plan) -> faust.App:
         # replay alike. Everything copied is idempotent to apply, so a copy made twice (a
         # restart, a replay) changes nothing.
         async for events in stream.take_events(settings.batch_size, settings.batch_within):
+            metrics.received.labels(topics.licenses).inc(len(events))
             for event in events:
                 message = event.message
                 origin = f"{message.topic}/{message.partition}/{message.offset}".encode()
@@ -144,6 +151,8 @@ def create_app(settings: Settings, plan: Plan) -> faust.App:
                 for event in events
                 if (letter := check_system_event(event.message.value, position_of(event.message)))
             ]
+            metrics.dead_lettered([letter.reason for letter in letters])
+            metrics.received.labels(topics.system).inc(len(events))
             if letters:
                 await outputs.send(BatchResult(dead_letters=letters))
 
@@ -154,9 +163,14 @@ def create_app(settings: Settings, plan: Plan) -> faust.App:
             decoded = [
                 decode(event.message.value, position_of(event.message), plan) for event in events
             ]
-            result = fold_batch(decoded, state, plan, barrier_topics)
-            state.write(result)
-            await outputs.send(result)
+            try:
+                result = fold_batch(decoded, state, plan, barrier_topics)
+                state.write(result)
+                await outputs.send(result)
+            except Exception:
+                metrics.errors.labels("ingest").inc()
+                raise
+            metrics.observe(topics.usage, decoded, result, dt.datetime.now(dt.UTC))
             if result.closes:
                 log.info("closed %s", ", ".join(f"{c.month} p{c.partition}" for c in result.closes))
 
@@ -176,15 +190,16 @@ def create_app(settings: Settings, plan: Plan) -> faust.App:
 
         app.timer(interval=settings.auto_close_check, on_leader=True)(auto_close)
 
-    if settings.ready_file is not None:
-        ready_file = settings.ready_file
-
-        async def announce_ready() -> None:
+    async def start_metrics_and_announce() -> None:
+        url = serve(metrics.registry, settings.metrics_host, settings.metrics_port)
+        log.info("metrics at %s", url)
+        if settings.ready_file is not None:
             await cast(Any, app.tables).recovery.completed.wait()
-            ready_file.parent.mkdir(parents=True, exist_ok=True)
-            ready_file.write_text(f"{uuid.uuid4()}\n")
+            settings.ready_file.parent.mkdir(parents=True, exist_ok=True)
+            ready = {"ready": str(uuid.uuid4()), "metrics_url": url}
+            settings.ready_file.write_text(json.dumps(ready) + "\n")
 
-        app.task(announce_ready)
+    app.task(start_metrics_and_announce)
 
     return app
 

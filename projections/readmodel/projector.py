@@ -46,6 +46,8 @@ class Projector:
         self.path = path
         self.tables = table_of(settings)
         self.rows_written = 0
+        # Told the rows each committed batch wrote, by table (the process's metrics).
+        self.on_written: Callable[[dict[str, int]], None] | None = None
         self._lock = threading.Lock()  # one writer transaction at a time
         self.con = self._open()
         # The DDL in schema.py is the one description of each table; Arrow follows it.
@@ -112,6 +114,9 @@ class Projector:
                 raise
         written = len(archive) + sum(len(rows) for rows in by_table.values())
         self.rows_written += written
+        if self.on_written is not None:
+            counts = {table: len(rows) for table, rows in by_table.items()}
+            self.on_written({**counts, "raw_events": len(archive)} if archive else counts)
         return written
 
     async def run(

@@ -217,3 +217,31 @@ def read_only_sql(cur: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], 
     except duckdb.Error as exc:
         raise QueryError(str(exc)) from None
     return names, rows
+
+
+def closed_months(cur: duckdb.DuckDBPyConnection) -> list[str]:
+    return [r[0] for r in cur.execute("SELECT DISTINCT month FROM month_closes").fetchall()]
+
+
+def metric_rows(cur: duckdb.DuckDBPyConnection, since: str, lines_since: str) -> dict[str, Any]:
+    """What the read-model gauges summarise: usage per tenant from `since` (a month), invoice
+    lines and crossings by month from `lines_since`."""
+    return {
+        "usage": _rows(
+            cur,
+            "SELECT tenant, month, service, usage, included FROM usage_monthly WHERE month >= ?",
+            [since],
+        ),
+        "lines": _rows(
+            cur,
+            "SELECT invoice_month, kind, currency, count(*) AS lines, sum(amount) AS amount "
+            "FROM invoice_lines WHERE invoice_month >= ? GROUP BY ALL",
+            [lines_since],
+        ),
+        "crossings": _rows(
+            cur,
+            "SELECT usage_month AS month, service, level, count(*) AS n "
+            "FROM threshold_crossings WHERE usage_month >= ? GROUP BY ALL",
+            [lines_since],
+        ),
+    }

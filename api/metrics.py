@@ -1,0 +1,95 @@
+"""Metrics of the read-model process: `/metrics`, HTTP counts by route template, and a loop
+that refreshes consumer lag and the gauges read from the model."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import duckdb
+from aiokafka.errors import KafkaError
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from api.service import ReadModelService
+from observability.figures import figures, windows
+from observability.metrics import ReadModelMetrics
+from projections.months import month_of
+from projections.readmodel import queries
+
+log = logging.getLogger("metering.api.metrics")
+
+
+def instrument(app: FastAPI, metrics: ReadModelMetrics) -> None:
+    @app.middleware("http")
+    async def count(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            # The route's template, never the raw path: ids in paths would be unbounded labels.
+            route = getattr(request.scope.get("route"), "path", None) or "unmatched"
+            metrics.http.labels(route, request.method, str(status)).inc()
+            metrics.http_seconds.labels(route).observe(time.perf_counter() - started)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def exposition() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def refresh(service: ReadModelService, metrics: ReadModelMetrics) -> None:
+    settings = service.settings
+    projector = service.projector
+    if projector is None:
+        return
+    stored = await asyncio.to_thread(projector.offsets)
+    ends = await service.probe.end_offsets(*projector.tables)
+    worker_topics = (settings.topics.usage, settings.topics.licenses, settings.topics.system)
+    worker_tps = [tp for tp in ends if tp.topic in worker_topics]
+    committed = await service.probe.committed(settings.app_id, worker_tps)
+    for tp, end in ends.items():
+        partition = str(tp.partition)
+        metrics.offset.labels(tp.topic, partition).set(stored.get(tp, 0))
+        metrics.consumer_lag.labels("projector", tp.topic, partition).set(
+            max(0, end - stored.get(tp, 0))
+        )
+        if tp.topic in worker_topics:
+            metrics.consumer_lag.labels("worker", tp.topic, partition).set(
+                max(0, end - committed.get(tp, 0))
+            )
+    zone = service.plan.zone
+    current = month_of(dt.datetime.now(dt.UTC), zone)
+
+    def read(cur: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+        closed = queries.closed_months(cur)
+        return {"closed": closed, **queries.metric_rows(cur, *windows(current, closed))}
+
+    rows = await service.read(read)
+    metrics.set_figures(
+        figures(rows, current, settings.metrics_tenant_top, settings.auto_close_grace, zone)
+    )
+
+
+async def keep_fresh(service: ReadModelService, metrics: ReadModelMetrics) -> None:
+    """Refresh every `METERING_METRICS_REFRESH` seconds until cancelled; a failed round (the
+    broker away, the model being replaced) is logged and tried again, never fatal."""
+    while True:
+        with contextlib.suppress(asyncio.TimeoutError):
+            try:
+                await asyncio.wait_for(
+                    refresh(service, metrics), service.settings.metrics_refresh * 4
+                )
+            except (KafkaError, OSError, RuntimeError) as exc:
+                log.warning("metrics refresh failed: %r", exc)
+        await asyncio.sleep(service.settings.metrics_refresh)

@@ -1,0 +1,103 @@
+"""Metric figures from read-model rows, and the worker's counters from a folded batch."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from billing.plan import load_plan
+from observability.figures import figures, windows
+from observability.metrics import WorkerMetrics
+from projections.batch import fold_batch
+from projections.memory import MemoryState
+from schemas.usage import Service
+from tests.factories import usage
+
+UTC = dt.UTC
+
+
+@pytest.mark.parametrize(
+    ("current", "closed", "expected"),
+    [
+        ("2026-11", [], ("0000-01", "2025-11")),
+        ("2026-11", ["2026-09", "2026-10"], ("2026-10", "2025-11")),
+        ("2026-11", ["2026-07"], ("2026-08", "2025-11")),
+        ("2026-01", ["2025-12"], ("2025-12", "2025-01")),
+    ],
+)
+def test_windows_cover_every_unclosed_month(
+    current: str, closed: list[str], expected: tuple[str, str]
+) -> None:
+    assert windows(current, closed) == expected
+
+
+def row(tenant: str, month: str, service: str, used: str, included: str) -> dict[str, str]:
+    return {"tenant": tenant, "month": month, "service": service, "usage": used,
+            "included": included}  # fmt: skip
+
+
+def test_figures_totals_top_tenants_and_close_due() -> None:
+    rows = {
+        "closed": ["2026-08"],
+        "usage": [
+            row("a", "2026-09", "form", "10", "1000"),  # old, unclosed: makes the close overdue
+            row("a", "2026-10", "form", "1700", "1000"),
+            row("b", "2026-10", "form", "1200", "1000"),
+            row("c", "2026-10", "form", "900", "1000"),
+            row("d", "2026-10", "form", "5", "0"),
+            row("a", "2026-11", "chat", "0", "1500"),
+        ],
+        "lines": [
+            {
+                "invoice_month": "2026-10",
+                "kind": "overage",
+                "currency": "EUR",
+                "lines": 2,
+                "amount": "64.80",
+            },
+            {
+                "invoice_month": "2026-10",
+                "kind": "adjustment",
+                "currency": "EUR",
+                "lines": 1,
+                "amount": "-32.40",
+            },
+        ],
+        "crossings": [],
+    }
+    found = figures(rows, "2026-11", top=2, grace=dt.timedelta(days=3), zone=UTC)
+    form = next(u for u in found["usage"] if (u["month"], u["service"]) == ("2026-10", "form"))
+    assert (form["usage"], form["included"], form["over"]) == (Decimal(3805), Decimal(3000), 3)
+    assert [(t["tenant"], t["ratio"]) for t in found["tenants"]] == [
+        ("d", Decimal("Infinity")), ("a", Decimal("1.7"))
+    ]  # fmt: skip
+    assert found["amounts"] == [
+        {"invoice_month": "2026-10", "currency": "EUR", "amount": Decimal("32.40")}
+    ]
+    assert found["close_due"] == dt.datetime(2026, 10, 4, tzinfo=UTC)  # 2026-09 ends + 3 days
+    assert found["closed_months"] == 1
+    assert figures(rows, "2026-11", top=0, grace=None, zone=UTC)["tenants"] == []
+
+
+def test_worker_counts_a_batch_by_service_and_outcome() -> None:
+    metrics = WorkerMetrics(CollectorRegistry())
+    plan = load_plan()
+    first = usage(Service.FORM, 600, tenant="t1", id="e1")
+    events = [first, usage(Service.FORM, 600, tenant="t1", id="e2"), first]
+    result = fold_batch(events, MemoryState(), plan, frozenset({"usage-events"}))
+    now = dt.datetime(2026, 11, 2, tzinfo=UTC)
+    metrics.observe("usage-events", events, result, now)
+
+    def value(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    assert value("metering_events_total", service="form", outcome="accepted") == 2
+    assert value("metering_events_total", service="form", outcome="duplicate") == 1
+    assert value("metering_events_total", service="chat", outcome="accepted") == 0
+    assert value("metering_threshold_crossings_total", service="form", level="exceeded") == 1
+    assert value("metering_batch_size_count") == 1
+    assert value("metering_processing_lag_seconds_count", clock="event") == 3
+    assert value("metering_dead_letters_total", reason="too_late") == 0
