@@ -1,4 +1,4 @@
-# The metering image: the worker (and later the API and projector) from one install.
+# The metering image: worker and read model (projector + API) from one install.
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -6,8 +6,11 @@ COPY schemas schemas
 COPY billing billing
 COPY projections projections
 COPY streams streams
+COPY api api
+COPY web web
+COPY observability observability
 COPY metering metering
-RUN pip install --no-cache-dir . && useradd --system metering
+RUN pip install --no-cache-dir . && useradd --system metering && mkdir /data && chown metering /data
 USER metering
 ENTRYPOINT ["metering"]
 CMD ["worker"]

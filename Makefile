@@ -21,9 +21,10 @@ $(VENV)/.installed: pyproject.toml scripts/bootstrap.sh
 kafka: install ## Fetch the pinned Apache Kafka jars with Maven (cached)
 	$(BIN)/python -m metering.broker fetch
 
-lint: install ## ruff lint and format check
+lint: install ## ruff lint and format check; docker-compose.yml against the Compose spec
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 format: install ## Format and fix what ruff can
 	$(BIN)/ruff format .

@@ -200,6 +200,25 @@ def key(role: str, tenant: str | None) -> None:
     click.echo(f"METERING_API_KEYS entry: {json.dumps(entry)}")
 
 
+@main.command("prometheus-config")
+@click.option("--interval", default="15s", show_default=True, help="Scrape and rule interval.")
+def prometheus_config(interval: str) -> None:
+    """Print a Prometheus configuration that scrapes the local stack's worker and read model,
+    with the alert rules of ops/prometheus/rules (run: prometheus --config.file=FILE)."""
+    import json
+
+    from observability.prometheus_config import scrape_config
+
+    settings = cli_settings()
+    try:
+        urls = json.loads(settings.stack_file.read_text())["metrics"]
+    except (OSError, ValueError, KeyError):
+        raise click.ClickException(
+            f"no local stack runs in {settings.data_dir} (start one with `metering up --detach`)"
+        ) from None
+    click.echo(scrape_config(urls, interval), nl=False)
+
+
 def _register() -> None:
     from metering.query_commands import COMMANDS
     from metering.replay import replay
