@@ -28,7 +28,7 @@ from schemas.records import DeadLetter, InvoiceLine, MonthClosed, ThresholdCross
 class StateView(Protocol):
     def tenant(self, tenant: str) -> TenantState | None: ...
     def tenants_in(self, partition: int) -> Iterable[str]: ...
-    def seen(self, key: str) -> bool: ...
+    def seen(self, key: str) -> int | None: ...
     def barrier(self, key: str) -> tuple[str, ...]: ...
     def partition_closed(self, partition: int) -> tuple[str, ...]: ...
 
@@ -36,7 +36,8 @@ class StateView(Protocol):
 @dataclass
 class BatchResult:
     tenants: dict[str, TenantState] = field(default_factory=dict)
-    seen: dict[str, tuple[int, str]] = field(default_factory=dict)  # key -> (partition, month)
+    # dedupe key -> (partition, month, offset of the record that claimed it)
+    seen: dict[str, tuple[int, str, int]] = field(default_factory=dict)
     barriers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     partition_closed: dict[int, tuple[str, ...]] = field(default_factory=dict)
     crossings: list[ThresholdCrossed] = field(default_factory=list)
@@ -69,16 +70,29 @@ class _Batch:
             return self.out.partition_closed[partition]
         return self.view.partition_closed(partition)
 
+    def claimed(self, key: str) -> int | None:
+        if key in self.out.seen:
+            return self.out.seen[key][2]
+        return self.view.seen(key)
+
     def usage(self, event: UsageRecorded) -> None:
-        key = event.dedupe_key
-        if key in self.out.seen or self.view.seen(key):
+        key, offset = event.dedupe_key, event.position.offset
+        current = self.state(event.tenant, event.position.partition)
+        claimed = self.claimed(key)
+        if offset <= current.applied_through:
+            # Already in the tenant's state: the state was written, the offset commit was
+            # not (a killed worker). Only a lost dedupe entry may need writing again.
+            if claimed is None:
+                self.out.seen[key] = (event.position.partition, event.month, offset)
+            return
+        if claimed is not None and claimed != offset:
             self.out.outcomes[(event.service.value, "duplicate")] += 1
             return
-        self.out.seen[key] = (event.position.partition, event.month)
-        state, crossings = apply_usage(
-            self.state(event.tenant, event.position.partition), event, self.plan
-        )
-        self.out.tenants[event.tenant] = state
+        # Claimed by this very record: its dedupe entry was written before a kill, the
+        # tenant's state was not. It has not been counted yet.
+        self.out.seen[key] = (event.position.partition, event.month, offset)
+        state, crossings = apply_usage(current, event, self.plan)
+        self.out.tenants[event.tenant] = state.model_copy(update={"applied_through": offset})
         self.out.crossings.extend(crossings)
         self.out.outcomes[(event.service.value, "accepted")] += 1
 

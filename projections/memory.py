@@ -12,7 +12,7 @@ from projections.tenant import TenantState
 @dataclass
 class MemoryState:
     tenants: dict[str, TenantState] = field(default_factory=dict)
-    seen_keys: dict[str, str] = field(default_factory=dict)
+    seen_keys: dict[str, int] = field(default_factory=dict)
     barriers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     closed: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
@@ -22,8 +22,8 @@ class MemoryState:
     def tenants_in(self, partition: int) -> Iterable[str]:
         return [t for t, s in self.tenants.items() if s.partition == partition]
 
-    def seen(self, key: str) -> bool:
-        return key in self.seen_keys
+    def seen(self, key: str) -> int | None:
+        return self.seen_keys.get(key)
 
     def barrier(self, key: str) -> tuple[str, ...]:
         return self.barriers.get(key, ())
@@ -33,6 +33,6 @@ class MemoryState:
 
     def commit(self, result: BatchResult) -> None:
         self.tenants.update(result.tenants)
-        self.seen_keys.update({key: month for key, (_, month) in result.seen.items()})
+        self.seen_keys.update({key: offset for key, (_, _, offset) in result.seen.items()})
         self.barriers.update(result.barriers)
         self.closed.update(result.partition_closed)

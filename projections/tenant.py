@@ -56,6 +56,10 @@ class TenantState(BaseModel):
     closed: tuple[str, ...] = ()  # months closed for this tenant, sorted
     billed: dict[str, Decimal] = Field(default_factory=dict)  # "YYYY-MM/service" -> amount
     billed_packages: dict[str, int] = Field(default_factory=dict)
+    # Offset (in the tenant's partition of the usage log) of the last usage event this state
+    # includes: a worker killed after its state reached the changelog but before it committed
+    # its offsets sees those events again, and must not count them twice.
+    applied_through: int = -1
 
 
 def users_in_month(snapshots: tuple[Snapshot, ...], month: str, plan: Plan) -> int:

@@ -165,8 +165,8 @@ def create_app(settings: Settings, plan: Plan) -> faust.App:
             ]
             try:
                 result = fold_batch(decoded, state, plan, barrier_topics)
+                await outputs.send(result)  # acknowledged before the state that implies them
                 state.write(result)
-                await outputs.send(result)
             except Exception:
                 metrics.errors.labels("ingest").inc()
                 raise

@@ -7,6 +7,8 @@ none of them is sent a second time.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
@@ -34,19 +36,32 @@ class Outputs:
         self._topics = topics
         self.emitted = emitted
 
-    async def _send(self, name: str, key: str, record: BaseModel) -> None:
+    async def _send(self, name: str, key: str, record: BaseModel) -> Awaitable[Any] | None:
         record_id = str(getattr(record, "id"))  # noqa: B009 - every output model has an id
         if record_id in self.emitted:
-            return
+            return None
         self.emitted.add(record_id)
-        await self._topics[name].send(key=key.encode(), value=record.model_dump_json().encode())
+        sent: Awaitable[Any] = await self._topics[name].send(
+            key=key.encode(), value=record.model_dump_json().encode()
+        )
+        return sent
 
     async def send(self, result: BatchResult) -> None:
+        """Send the batch's decisions and wait until the broker has them all.
+
+        The agent writes its state only after this returns: a worker killed in between
+        decides the same records again (same ids, suppressed if they arrived), while state
+        written ahead of its outputs would lose them for good.
+        """
+        pending = []
         for crossing in result.crossings:
-            await self._send("crossings", crossing.tenant, crossing)
+            pending.append(await self._send("crossings", crossing.tenant, crossing))
         for line in result.lines:
-            await self._send("lines", line.tenant, line)
+            pending.append(await self._send("lines", line.tenant, line))
         for ack in result.closes:
-            await self._send("closes", ack.close_id, ack)
+            pending.append(await self._send("closes", ack.close_id, ack))
         for letter in result.dead_letters:
-            await self._send("dead_letters", letter.topic, letter)
+            pending.append(await self._send("dead_letters", letter.topic, letter))
+        acks = [sent for sent in pending if sent is not None]
+        if acks:
+            await asyncio.gather(*acks)

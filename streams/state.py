@@ -42,8 +42,10 @@ class TableState:
             if orjson.loads(raw)["partition"] == partition
         ]
 
-    def seen(self, key: str) -> bool:
-        return key.encode() in self._seen.data
+    def seen(self, key: str) -> int | None:
+        """The offset of the record that claimed this dedupe key, if any."""
+        raw = self._seen.data.get(key.encode())
+        return None if raw is None else int(orjson.loads(raw)[1])
 
     def barrier(self, key: str) -> tuple[str, ...]:
         raw = self._barriers.data.get(key.encode())
@@ -56,8 +58,8 @@ class TableState:
     def write(self, result: BatchResult) -> None:
         for tenant, state in result.tenants.items():
             _put(self._tenants, state.partition, tenant, state.model_dump_json().encode())
-        for key, (partition, month) in result.seen.items():
-            _put(self._seen, partition, key, month.encode())
+        for key, (partition, month, offset) in result.seen.items():
+            _put(self._seen, partition, key, orjson.dumps([month, offset]))
         for key, topics in result.barriers.items():
             _put(self._barriers, int(key.rsplit("\x1f", 1)[1]), key, orjson.dumps(topics))
         for partition, months in result.partition_closed.items():

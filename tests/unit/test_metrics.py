@@ -86,7 +86,9 @@ def test_worker_counts_a_batch_by_service_and_outcome() -> None:
     metrics = WorkerMetrics(CollectorRegistry())
     plan = load_plan()
     first = usage(Service.FORM, 600, tenant="t1", id="e1")
-    events = [first, usage(Service.FORM, 600, tenant="t1", id="e2"), first]
+    second = usage(Service.FORM, 600, tenant="t1", id="e2")
+    again = usage(Service.FORM, 600, tenant="t1", id="e1")  # sent twice: a new log record
+    events = [first, second, again]
     result = fold_batch(events, MemoryState(), plan, frozenset({"usage-events"}))
     now = dt.datetime(2026, 11, 2, tzinfo=UTC)
     metrics.observe("usage-events", events, result, now)
