@@ -90,7 +90,14 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_cafile: Path | None = Field(default=None, description="CA bundle (PEM).")
+    kafka_ssl_certfile: Path | None = Field(default=None, description="Client cert (mTLS).")
+    kafka_ssl_keyfile: Path | None = Field(default=None, description="Client key (mTLS).")
+    kafka_ssl_key_password: SecretStr | None = None
+
+    kafka_session_timeout: float = Field(
+        default=10.0, ge=6, le=300, description="Seconds before a silent worker's partitions move."
+    )
 
     data_dir: Path = Path(".metering")
     cache_dir: Path = Field(default_factory=_default_cache)
@@ -155,6 +162,27 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _kafka_security(self) -> Settings:
+        protocol = self.kafka_security_protocol
+        if self.kafka_sasl_mechanism and not protocol.startswith("SASL_"):
+            raise ValueError(
+                "kafka_security_protocol: a SASL mechanism needs SASL_PLAINTEXT or SASL_SSL"
+            )
+        if protocol.startswith("SASL_") and not (
+            self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"kafka_sasl_mechanism: {protocol} needs a mechanism, a username and a password"
+            )
+        for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: {path} is not a file")
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            raise ValueError("kafka_ssl_certfile: a client certificate needs its key, and both")
+        return self
+
+    @model_validator(mode="after")
     def _keys_outside_loopback(self) -> Settings:
         if not self.api_keys and self.api_host not in {"127.0.0.1", "localhost", "::1"}:
             raise ValueError(
@@ -214,8 +242,12 @@ class Settings(BaseSettings):
         if self.kafka_security_protocol in {"SSL", "SASL_SSL"}:
             from aiokafka.helpers import create_ssl_context
 
+            key_password = self.kafka_ssl_key_password
             options["ssl_context"] = create_ssl_context(
-                cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
+                cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None,
+                certfile=str(self.kafka_ssl_certfile) if self.kafka_ssl_certfile else None,
+                keyfile=str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+                password=key_password.get_secret_value() if key_password else None,
             )
         return options
 
