@@ -26,6 +26,7 @@ from projections.decode import check_system_event, decode
 from projections.events import Position
 from projections.months import auto_close_due
 from streams.commands import request_close
+from streams.faust_fixes import App
 from streams.outputs import Outputs, load_emitted
 from streams.state import TableState
 
@@ -68,7 +69,7 @@ def _credentials(settings: Settings) -> Any:
 def create_app(settings: Settings, plan: Plan) -> faust.App:
     """Build the worker app; nothing connects until the app is started."""
     topics = settings.topics
-    app = faust.App(
+    app = App(
         settings.app_id,
         broker=[f"kafka://{hp}" for hp in settings.bootstrap().split(",")],
         broker_credentials=_credentials(settings),
@@ -81,6 +82,9 @@ def create_app(settings: Settings, plan: Plan) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_commit_interval=1.0,
+        # Faust's 60 s default leaves a killed worker's partitions idle for a minute.
+        broker_session_timeout=settings.kafka_session_timeout,
+        broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout / 3),
         stream_buffer_maxsize=max(4096, settings.batch_size * 2),
     )
     tables = [
