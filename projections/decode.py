@@ -34,12 +34,15 @@ M = TypeVar("M", bound=BaseModel)
 MAX_FUTURE = dt.timedelta(minutes=5)
 RETENTION = dt.timedelta(days=90)
 MAX_PAYLOAD_ECHO = 2048  # bytes of a rejected payload kept in its dead letter
+# A usage event is a few hundred bytes; far larger is an error or an attack, and would cost
+# every consumer of the log (and the archive) its size again.
+MAX_EVENT_BYTES = 64 * 1024
 
 
 # Every reason code a dead letter can carry (`unroutable` comes from `metering send`).
 REASONS = (
-    "empty", "bad_json", "missing_field", "invalid_field", "unknown_type", "future", "too_late",
-    "no_plan", "unroutable",
+    "empty", "too_large", "bad_json", "missing_field", "invalid_field", "unknown_type", "future",
+    "too_late", "no_plan", "unroutable",
 )  # fmt: skip
 
 
@@ -78,6 +81,8 @@ def parse_envelope(value: bytes | None) -> CloudEvent:
     """Parse and validate the envelope only; raises Rejected."""
     if not value:
         raise Rejected("empty", None, "empty message")
+    if len(value) > MAX_EVENT_BYTES:
+        raise Rejected("too_large", None, f"{len(value)} bytes; at most {MAX_EVENT_BYTES}")
     try:
         obj: Any = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
@@ -172,6 +177,8 @@ def admit(obj: Any, received: dt.datetime, plan: Plan) -> tuple[str, CloudEvent]
     `system`). Raises Rejected naming the field, so a producer can fix and resend."""
     if not isinstance(obj, dict):
         raise Rejected("bad_json", None, "a CloudEvent must be a JSON object")
+    if (size := len(orjson.dumps(obj))) > MAX_EVENT_BYTES:
+        raise Rejected("too_large", None, f"{size} bytes; at most {MAX_EVENT_BYTES}")
     try:
         event = CloudEvent.model_validate(obj)
     except ValidationError as exc:

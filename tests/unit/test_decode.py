@@ -80,6 +80,17 @@ def test_utc_offset_moves_event_into_next_month() -> None:
         ),
         (event(type="metering.storage.measured", data={}), "missing_field", "data.bytes"),
         (event(time="2019-12-31T12:00:00Z"), "no_plan", "time"),
+        (event(time="9999-12-31T23:59:59Z"), "future", "time"),
+        (event(padding="x" * 70_000), "too_large", None),
+        (b'{"data": ' + b"[" * 5000 + b"]" * 5000 + b"}", "bad_json", None),
+        # orjson reads integers beyond 64 bits as floats: still never a quantity
+        (
+            event().replace(b'"quantity":3', b'"quantity":18446744073709551617'),
+            "invalid_field",
+            "data.quantity",
+        ),
+        (event().replace(b'"quantity":3', b'"quantity":3.0'), "invalid_field", "data.quantity"),
+        (event().replace(b'"quantity":3', b'"quantity":1e400'), "bad_json", None),
     ],
 )
 def test_rejections(value: bytes, reason: str, field: str | None) -> None:
