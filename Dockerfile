@@ -1,7 +1,7 @@
 # The metering image: worker and read model (projector + API) from one install.
 FROM python:3.11-slim
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY schemas schemas
 COPY billing billing
 COPY projections projections
@@ -10,7 +10,8 @@ COPY api api
 COPY web web
 COPY observability observability
 COPY metering metering
-RUN pip install --no-cache-dir . && useradd --system metering && mkdir /data && chown metering /data
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock \
+    && pip install --no-cache-dir --no-deps --no-build-isolation . && useradd --system metering && mkdir /data && chown metering /data
 USER metering
 ENTRYPOINT ["metering"]
 CMD ["worker"]

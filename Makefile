@@ -4,27 +4,34 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka lint format typecheck schemas test test-unit demo bench bench-quick check clean
+.PHONY: help install lock kafka lint format typecheck schemas test test-unit soak demo bench bench-quick check clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
 
 install: $(VENV)/.installed ## Create .venv and install the project with its dev tools
 
-$(VENV)/.installed: pyproject.toml scripts/bootstrap.sh
+# Every package comes from requirements.lock, checked against its hashes; the project itself
+# is installed without resolving anything (its build backend is in the lock as well).
+$(VENV)/.installed: pyproject.toml requirements.lock scripts/bootstrap.sh
 	scripts/bootstrap.sh
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes -r requirements.lock
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+lock: ## Re-resolve requirements.lock (pins and hashes) from pyproject.toml
+	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
+		--python-platform x86_64-unknown-linux-gnu -o requirements.lock
 
 kafka: install ## Fetch the pinned Apache Kafka jars with Maven (cached)
 	$(BIN)/python -m metering.broker fetch
 
-lint: install ## ruff lint and format check; docker-compose.yml against the Compose spec
+lint: install ## ruff, bandit, and docker-compose.yml against the Compose spec
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+	$(BIN)/bandit -q -c pyproject.toml -r metering schemas billing projections streams api web observability bench
 
 format: install ## Format and fix what ruff can
 	$(BIN)/ruff format .
@@ -41,6 +48,9 @@ test-unit: install ## Unit tests only (no broker)
 
 test: install kafka ## All tests: unit, integration and e2e against a real local broker
 	$(BIN)/pytest
+
+soak: install kafka ## The fault suite at full size: 500,000 events per run, 5 kills (long)
+	METERING_FAULT_EVENTS=500000 METERING_FAULT_KILLS=5 $(BIN)/pytest tests/faults --timeout=7200
 
 demo: install kafka ## Run the demo: local stack, a generated month, close, invoice, stop
 	scripts/demo.sh

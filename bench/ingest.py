@@ -114,7 +114,7 @@ def run(count: int, singles: int, workdir: Path) -> dict[str, Any]:
             "METERING_READY_FILE": str(ready),
             "METERING_INGEST_MAX_BYTES": str(8 << 20),
         }
-        api = subprocess.Popen(
+        api = subprocess.Popen(  # nosec B603  # our own interpreter and module
             [sys.executable, "-m", "metering.cli", "projector"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip

@@ -72,7 +72,8 @@ def ensure_jars(cache_dir: Path) -> Path:
             f"-DoutputDirectory={staging}",
         ]
         print(f"fetching Apache Kafka {KAFKA_VERSION} jars with Maven ...", file=sys.stderr)
-        done = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+        # Our own mvn command line as an argv list, no shell.
+        done = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603  # nosec B603
         if done.returncode != 0:
             raise BrokerError(f"mvn failed:\n{done.stdout[-4000:]}{done.stderr[-4000:]}")
         shutil.rmtree(libs, ignore_errors=True)
@@ -109,6 +110,7 @@ class Broker:
     process: subprocess.Popen[bytes]
     bootstrap: str
     directory: Path
+    ports: tuple[int, int] = (0, 0)  # client, controller: a restart reuses them
 
     def stop(self, timeout: float = 30.0) -> None:
         stop_process(self.process.pid, timeout)
@@ -144,11 +146,17 @@ def _properties(directory: Path, port: int, controller_port: int) -> str:
     )
 
 
-def start_broker(directory: Path, cache_dir: Path, timeout: float = 60.0) -> Broker:
-    """Start a broker whose log lives in `directory`, formatting it on first use."""
+def start_broker(
+    directory: Path,
+    cache_dir: Path,
+    timeout: float = 60.0,
+    ports: tuple[int, int] | None = None,
+) -> Broker:
+    """Start a broker whose log lives in `directory`, formatting it on first use; `ports`
+    (client, controller) restarts a stopped broker where its clients expect it."""
     libs = ensure_jars(cache_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    port, controller_port = free_port(), free_port()
+    port, controller_port = ports or (free_port(), free_port())
     config = directory / "server.properties"
     config.write_text(_properties(directory, port, controller_port))
     classpath = f"{libs}/*"
@@ -156,7 +164,7 @@ def start_broker(directory: Path, cache_dir: Path, timeout: float = 60.0) -> Bro
     if not (directory / "log" / "meta.properties").exists():
         format_command = [java, "-cp", classpath, "kafka.tools.StorageTool", "format"]
         format_command += ["-t", _cluster_id(), "-c", str(config)]
-        formatted = subprocess.run(  # noqa: S603
+        formatted = subprocess.run(  # noqa: S603  # nosec B603  # argv of our own java and paths
             format_command,
             capture_output=True,
             text=True,
@@ -167,7 +175,7 @@ def start_broker(directory: Path, cache_dir: Path, timeout: float = 60.0) -> Bro
     log = (directory / "broker.log").open("ab")
     command = [java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", f"-Dlog4j2.configurationFile={LOG4J}"]
     command += ["-cp", classpath, "kafka.Kafka", str(config)]
-    process = subprocess.Popen(  # noqa: S603
+    process = subprocess.Popen(  # noqa: S603  # nosec B603  # argv of our own java and paths
         command,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -176,7 +184,7 @@ def start_broker(directory: Path, cache_dir: Path, timeout: float = 60.0) -> Bro
     )
     log.close()
     bootstrap = f"127.0.0.1:{port}"
-    broker = Broker(process, bootstrap, directory)
+    broker = Broker(process, bootstrap, directory, (port, controller_port))
     try:
         wait_for_broker(bootstrap, process, timeout)
     except BaseException:

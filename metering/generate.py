@@ -36,7 +36,7 @@ def generate_month(
     month: str, tenants: int, seed: int = 1, scale: float = 1.0
 ) -> Iterator[dict[str, Any]]:
     """Events of `month` for `tenants` tenants; `scale` multiplies the per-tenant volumes."""
-    rng = random.Random(seed)  # noqa: S311 - seeded sample data, not a secret
+    rng = random.Random(seed)  # noqa: S311  # nosec B311  # seeded sample data, not a secret
     start = month_start(month, UTC)
     seconds = int((month_start(next_month(month), UTC) - start).total_seconds())
     for t in range(1, tenants + 1):

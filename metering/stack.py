@@ -57,7 +57,7 @@ def _start(
     )
     ready_file.unlink(missing_ok=True)
     log = (settings.data_dir / f"{component}.log").open("ab")
-    process = subprocess.Popen(  # noqa: S603 - `component` is one of our own subcommands
+    process = subprocess.Popen(  # noqa: S603  # nosec B603  # `component` is one of our own subcommands
         [sys.executable, "-m", "metering.cli", component],
         env=env,
         stdout=log,
@@ -153,7 +153,7 @@ def start_detached(settings: Settings, timeout: float = 240.0) -> dict[str, Any]
         return existing
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     log = (settings.data_dir / "stack.log").open("ab")
-    process = subprocess.Popen(
+    process = subprocess.Popen(  # nosec B603  # our own interpreter and subcommand
         [sys.executable, "-m", "metering.cli", "up"],
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from metering.settings import Settings
 from streams.kafka import TopicLayoutError
+
+C = TypeVar("C")
 
 
 class NotCaughtUp(TimeoutError):
@@ -26,6 +29,12 @@ class OffsetsProbe:
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._layout: dict[str, list[TopicPartition]] = {}
+
+    @staticmethod
+    def _started(client: C | None) -> C:
+        if client is None:
+            raise RuntimeError("the offsets probe is not started")
+        return client
 
     @property
     def started(self) -> bool:
@@ -51,8 +60,8 @@ class OffsetsProbe:
     async def partitions(self, *topics: str) -> list[TopicPartition]:
         missing = [t for t in topics if t not in self._layout]
         if missing:
-            assert self._admin is not None
-            for described in await self._admin.describe_topics(missing):
+            admin = self._started(self._admin)
+            for described in await admin.describe_topics(missing):
                 if described["error_code"] != 0 or not described["partitions"]:
                     raise TopicLayoutError(f"topic {described['topic']!r} does not exist")
                 self._layout[described["topic"]] = [
@@ -62,12 +71,13 @@ class OffsetsProbe:
         return [tp for t in topics for tp in self._layout[t]]
 
     async def end_offsets(self, *topics: str) -> dict[TopicPartition, int]:
-        assert self._consumer is not None
-        return dict(await self._consumer.end_offsets(await self.partitions(*topics)))
+        consumer = self._started(self._consumer)
+        return dict(await consumer.end_offsets(await self.partitions(*topics)))
 
     async def committed(self, group: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        assert self._admin is not None
-        offsets = await self._admin.list_consumer_group_offsets(group, partitions=tps)
+        offsets = await self._started(self._admin).list_consumer_group_offsets(
+            group, partitions=tps
+        )
         return {tp: meta.offset for tp, meta in offsets.items() if meta is not None}
 
     async def wait_for_workers(self, wait_seconds: float) -> None:
