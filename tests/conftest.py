@@ -116,21 +116,26 @@ class Stack:
         return path
 
 
-@pytest.fixture
-def stack(kafka: Broker, tmp_path: Path) -> Iterator[Stack]:
+def make_stack(bootstrap: str, data_dir: Path) -> Stack:
+    """A stack with its own topic prefix and app id on the broker at `bootstrap`."""
     tag = uuid.uuid4().hex[:8]
     env = {key: value for key, value in os.environ.items() if not key.startswith("METERING_")}
     env.update(
-        METERING_KAFKA_BOOTSTRAP=kafka.bootstrap,
+        METERING_KAFKA_BOOTSTRAP=bootstrap,
         METERING_TOPIC_PREFIX=f"t{tag}-",
         METERING_APP_ID=f"test-{tag}",
-        METERING_DATA_DIR=str(tmp_path),
+        METERING_DATA_DIR=str(data_dir),
         METERING_PARTITIONS="4",
         METERING_AUTO_CLOSE_GRACE="off",
         METERING_BATCH_WITHIN="0.05",
         METERING_LOG_LEVEL="info",
         METERING_QUERY_TIMEOUT="90",
     )
-    result = Stack(env=env, data_dir=tmp_path)
+    return Stack(env=env, data_dir=data_dir)
+
+
+@pytest.fixture
+def stack(kafka: Broker, tmp_path: Path) -> Iterator[Stack]:
+    result = make_stack(kafka.bootstrap, tmp_path)
     yield result
     result.stop_workers()
