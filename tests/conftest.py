@@ -40,13 +40,15 @@ class Stack:
     data_dir: Path
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def cli(self, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 240, **env: str
+    ) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
             [sys.executable, "-m", "metering.cli", *args],
             env={**self.env, **env},
             capture_output=True,
             text=True,
-            timeout=240,
+            timeout=timeout,
             check=False,
         )
         if check and done.returncode != 0:

@@ -27,6 +27,8 @@ from tests.conftest import Stack
 
 EVENTS = int(os.environ.get("METERING_FAULT_EVENTS") or 20_000)
 KILLS = int(os.environ.get("METERING_FAULT_KILLS") or 2)
+# Queries and the close wait for the workers; a soak run needs minutes to catch up.
+WAIT = max(90.0, EVENTS / 500)
 
 
 @dataclass(frozen=True)

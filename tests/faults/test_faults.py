@@ -25,6 +25,7 @@ from projections.months import month_of, previous_month
 from tests.conftest import CACHE, Stack, make_stack
 from tests.faults.harness import (
     KILLS,
+    WAIT,
     Corpus,
     accounting,
     differences,
@@ -49,6 +50,7 @@ def record(name: str, corpus: Corpus, figures: dict[str, Any]) -> None:
 
 def run(stack: Stack, corpus: Corpus, fault: Fault | None = None) -> dict[str, Any]:
     """One whole run; returns its results and what the fault did."""
+    stack.env["METERING_QUERY_TIMEOUT"] = str(WAIT)
     stack.create_topics()
     stack.start_worker()
     stack.start_projector()
@@ -57,10 +59,10 @@ def run(stack: Stack, corpus: Corpus, fault: Fault | None = None) -> dict[str, A
     started = time.monotonic()
     sender = send_in_background(stack, corpus.usage)
     done = fault(stack, sender) if fault else {}
-    if sender.wait(timeout=900) != 0:  # the producer gave up (a broker away): send again
-        stack.cli("send", str(corpus.usage))
+    if sender.wait(timeout=WAIT * 4) != 0:  # the producer gave up (a broker away): send again
+        stack.cli("send", str(corpus.usage), timeout=WAIT)
         done["sends"] = 2
-    stack.cli("close", corpus.month)
+    stack.cli("close", corpus.month, timeout=WAIT * 2)
     found = results(stack)
     done["seconds"] = round(time.monotonic() - started, 1)
     done["accounting"] = accounting(stack, corpus, done.get("sends", 1))
