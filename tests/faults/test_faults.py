@@ -110,12 +110,10 @@ def test_reference_run_balances_by_metrics_too(corpus_and_reference: Any) -> Non
 def kill_repeatedly(component: str, kills: int, seed: int) -> Fault:
     def fault(stack: Stack, sender: subprocess.Popen[bytes]) -> dict[str, Any]:
         rng = random.Random(seed)
-        moments = []
         for _ in range(kills):
             time.sleep(rng.uniform(0.3, 3.0))
             victim = next(p for p in stack.workers if component in " ".join(map(str, p.args)))
             stack.stop(victim, kill=True)
-            moments.append(round(time.monotonic(), 1))
             if component == "worker":
                 stack.start_worker()
             else:
@@ -133,35 +131,31 @@ def check(name: str, corpus: Corpus, reference: dict[str, Any], run_: dict[str, 
     assert all(n == distinct for n, distinct in run_["done"]["outputs"].values()), run_["done"]
 
 
-def test_sigkilled_workers_change_nothing(
-    corpus_and_reference: Any, kafka: Broker, tmp_path: Path
+def faulted(
+    name: str, bootstrap: str, data_dir: Path, corpus_and_reference: Any, fault: Fault
 ) -> None:
+    """A run with `fault` on a stack of its own, compared with the reference."""
     corpus, reference = corpus_and_reference
-    stack = make_stack(kafka.bootstrap, tmp_path)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stack = make_stack(bootstrap, data_dir)
     try:
-        outcome = run(stack, corpus, kill_repeatedly("worker", KILLS, seed=7))
+        outcome = run(stack, corpus, fault)
     finally:
         stack.stop_workers()
-    check("worker-sigkill", corpus, reference, outcome)
+    check(name, corpus, reference, outcome)
 
 
-def test_sigkilled_projectors_change_nothing(
-    corpus_and_reference: Any, kafka: Broker, tmp_path: Path
+@pytest.mark.parametrize(("component", "seed"), [("worker", 7), ("projector", 11)])
+def test_sigkilled_components_change_nothing(
+    component: str, seed: int, corpus_and_reference: Any, kafka: Broker, tmp_path: Path
 ) -> None:
-    corpus, reference = corpus_and_reference
-    stack = make_stack(kafka.bootstrap, tmp_path)
-    try:
-        outcome = run(stack, corpus, kill_repeatedly("projector", KILLS, seed=11))
-    finally:
-        stack.stop_workers()
-    check("projector-sigkill", corpus, reference, outcome)
+    fault = kill_repeatedly(component, KILLS, seed)
+    faulted(f"{component}-sigkill", kafka.bootstrap, tmp_path, corpus_and_reference, fault)
 
 
 def test_a_worker_joining_and_leaving_changes_nothing(
     corpus_and_reference: Any, kafka: Broker, tmp_path: Path
 ) -> None:
-    corpus, reference = corpus_and_reference
-
     def second_worker(stack: Stack, sender: subprocess.Popen[bytes]) -> dict[str, Any]:
         time.sleep(1.0)
         joined = stack.start_worker()  # partitions move to it ...
@@ -169,18 +163,12 @@ def test_a_worker_joining_and_leaving_changes_nothing(
         stack.stop(joined)  # ... and back
         return {"rebalances": 2}
 
-    stack = make_stack(kafka.bootstrap, tmp_path)
-    try:
-        outcome = run(stack, corpus, second_worker)
-    finally:
-        stack.stop_workers()
-    check("second-worker", corpus, reference, outcome)
+    faulted("second-worker", kafka.bootstrap, tmp_path, corpus_and_reference, second_worker)
 
 
 def test_a_broker_restart_mid_run_changes_nothing(
     corpus_and_reference: Any, tmp_path: Path
 ) -> None:
-    corpus, reference = corpus_and_reference
     broker = start_broker(tmp_path / "kafka", CACHE)
     holder = {"broker": broker}
 
@@ -205,11 +193,8 @@ def test_a_broker_restart_mid_run_changes_nothing(
                     stack.start_projector()
         return {"broker_restarts": 1, "restarted": restarted}
 
-    stack = make_stack(broker.bootstrap, tmp_path / "stack")
-    stack.data_dir.mkdir()
     try:
-        outcome = run(stack, corpus, restart_broker)
+        faulted("broker-restart", broker.bootstrap, tmp_path / "stack", corpus_and_reference,
+                restart_broker)  # fmt: skip
     finally:
-        stack.stop_workers()
         holder["broker"].stop()
-    check("broker-restart", corpus, reference, outcome)
