@@ -65,6 +65,7 @@ async def wait_for_close(
         if time.monotonic() > deadline:
             raise CloseTimeout(
                 f"close {close_id}: {len(acks)} of {partitions} partitions acknowledged "
-                f"within {wait_seconds:.0f}s; is a worker running (`metering worker`)?"
+                f"within {wait_seconds:.0f}s; is a worker running (`metering worker`), or is "
+                "it still working through a backlog (wait longer with `--timeout`)?"
             )
         await asyncio.sleep(0.25)

@@ -62,7 +62,7 @@ def run(stack: Stack, corpus: Corpus, fault: Fault | None = None) -> dict[str, A
     if sender.wait(timeout=WAIT * 4) != 0:  # the producer gave up (a broker away): send again
         stack.cli("send", str(corpus.usage), timeout=WAIT)
         done["sends"] = 2
-    stack.cli("close", corpus.month, timeout=WAIT * 2)
+    stack.cli("close", corpus.month, "--timeout", str(WAIT), timeout=WAIT * 2)
     found = results(stack)
     done["seconds"] = round(time.monotonic() - started, 1)
     done["accounting"] = accounting(stack, corpus, done.get("sends", 1))
