@@ -17,7 +17,7 @@ from babel.numbers import format_currency, format_decimal
 
 from billing.plan import Plan
 from schemas.usage import Service
-from web.i18n import Language, label
+from web.i18n import Language, label, unit_label
 
 SERVICES: Final = tuple(service.value for service in Service)
 
@@ -159,6 +159,7 @@ def chart(
         version = plan.version_for(months[-1])
         rate = version.services.get(Service(service)) if version else None
         unit = rate.unit if rate else ""
+    unit = unit_label(unit, fmt.language)
     peak = max([v for v in usages + included if v is not None], default=Decimal(0))
     top = peak * Decimal("1.15") if peak > 0 else Decimal(1)
     plot_height = HEIGHT - TOP - BOTTOM

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from billing.plan import load_plan
-from web.i18n import LABELS, choose
+from web.i18n import LABELS, choose, unit_label
 from web.view import BOTTOM, HEIGHT, TOP, Formats, chart, messages, metered_services
 
 PLAN = load_plan()
@@ -111,6 +111,14 @@ def test_this_month_figures_per_service() -> None:
         True,
     )
     assert (services["chat"].amount, services["chat"].over) == ("€\u00a00,00", False)
+    assert form.usage == "1.700 formulierverzendingen"
+
+
+def test_every_unit_of_the_plan_has_a_dutch_label() -> None:
+    units = {rate.unit for v in PLAN.versions for rate in v.services.values()}
+    assert all(f"unit:{unit}" in LABELS for unit in units)
+    assert unit_label("chat sessions", "nl") == "chatsessies"
+    assert unit_label("parsecs", "nl") == "parsecs"  # unknown: shown as the plan writes it
 
 
 def test_system_messages_show_expected_completion_until_finished() -> None:
