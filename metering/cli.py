@@ -48,7 +48,7 @@ def up(detach: bool) -> None:
             click.echo(
                 f"stack ready: Kafka at {record['bootstrap']}, read model API at "
                 f"{record['api_url']}, data in {settings.data_dir}\n"
-                f"the Licences page of a tenant: {record['api_url']}/ui/tenants/<tenant>"
+                f"tenants' Licences pages: {record['api_url']}/ui"
             )
             return
         run_stack(

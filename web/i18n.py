@@ -19,6 +19,8 @@ LABELS: Final[dict[str, dict[Language, str]]] = {
     "tab_status": {"nl": "Status", "en": "Status"},
     "language": {"nl": "Taal", "en": "Language"},
     "sign_in": {"nl": "Aanmelden", "en": "Sign in"},
+    "tenants": {"nl": "Klanten", "en": "Tenants"},
+    "no_tenants": {"nl": "Nog geen klanten bekend.", "en": "No tenants known yet."},
     "sign_out": {"nl": "Afmelden", "en": "Sign out"},
     "api_key": {"nl": "API-sleutel", "en": "API key"},
     "bad_key": {"nl": "Onbekende API-sleutel.", "en": "Unknown API key."},

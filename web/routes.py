@@ -95,11 +95,20 @@ def register(app: FastAPI, service: ReadModelService, fresh: Callable[[], Awaita
 
     @app.get("/ui", include_in_schema=False)
     async def home(request: Request) -> Response:
+        """A tenant key goes to its own page; finance (and the keyless local stack) pick one."""
         who = principal(request)
-        if who is not None and who.role == "tenant":
-            return RedirectResponse(f"/ui/tenants/{urllib.parse.quote(str(who.tenant))}", 303)
         lang = language(request)
-        return render("login.html.j2", lang, next="/ui", error=None, signed_in=who is not None)
+        if who is None or who.role == "producer":
+            return render("login.html.j2", lang, next="/ui", error=None, signed_in=False)
+        if who.role == "tenant":
+            return RedirectResponse(f"/ui/tenants/{urllib.parse.quote(str(who.tenant))}", 303)
+        await fresh()
+        tenants = await service.read(queries.tenant_list)
+        response = render(
+            "tenants.html.j2", lang, tenants=tenants, signed_in=who.role != OPEN,
+            link=lambda **params: "?" + urllib.parse.urlencode(params),
+        )  # fmt: skip
+        return remember_language(request, response, lang)
 
     @app.get("/ui/login", include_in_schema=False)
     async def login_form(request: Request, next: str | None = None) -> Response:

@@ -245,3 +245,15 @@ def metric_rows(cur: duckdb.DuckDBPyConnection, since: str, lines_since: str) ->
             [lines_since],
         ),
     }
+
+
+def tenant_list(cur: duckdb.DuckDBPyConnection, limit: int = 1000) -> list[dict[str, Any]]:
+    """Every tenant seen in any event, with its company where registered: the finance view's
+    way into a tenant's Licences page."""
+    return _rows(
+        cur,
+        "SELECT s.tenant, t.company FROM (SELECT DISTINCT subject AS tenant FROM raw_events "
+        "WHERE subject IS NOT NULL) s LEFT JOIN tenants t USING (tenant) "
+        "ORDER BY lower(COALESCE(t.company, s.tenant)), s.tenant LIMIT ?",
+        [limit],
+    )

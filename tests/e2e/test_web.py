@@ -26,7 +26,7 @@ playwright = pytest.importorskip("playwright.sync_api")
 
 pytestmark = pytest.mark.integration
 
-KEYS = {"producer": "p-web", "acme": "a-web", "beta": "b-web"}
+KEYS = {"producer": "p-web", "finance": "f-web", "acme": "a-web", "beta": "b-web"}
 SHOTS = Path(os.environ.get("METERING_SCREENSHOTS") or "build/screenshots")
 BATCH = "application/cloudevents-batch+json"
 
@@ -42,6 +42,7 @@ def stored_keys() -> str:
     return json.dumps(
         [
             {"role": "producer", "sha256": key_hash(KEYS["producer"])},
+            {"role": "finance", "sha256": key_hash(KEYS["finance"])},
             {"role": "tenant", "tenant": "acme", "sha256": key_hash(KEYS["acme"])},
             {"role": "tenant", "tenant": "beta", "sha256": key_hash(KEYS["beta"])},
         ]
@@ -206,4 +207,16 @@ def drive(stack: Stack, browser: Any) -> None:
     assert page.goto(f"{base}/ui/tenants/beta?month={month}&tab=status").status == 200
     assert page.locator("#metered-heading").inner_text().startswith("Diensten met datalimiet")
     assert page.goto(f"{base}/ui/tenants/acme").status == 404
+    assert page.goto(f"{base}/ui").url == f"{base}/ui/tenants/beta"  # a tenant key: its page
     dutch.close()
+
+    # Finance signs in at /ui and picks any tenant from the list.
+    finance = browser.new_context(locale="en-GB")
+    page = finance.new_page()
+    page.goto(f"{base}/ui")
+    page.get_by_label("API key").fill(KEYS["finance"])
+    page.get_by_role("button", name="Sign in").click()
+    assert page.locator("#tenants li").all_inner_texts() == ["Acme Holding (acme)", "beta"]
+    page.get_by_role("link", name="Acme Holding").click()
+    assert page.locator("h1").inner_text() == "Licences: Acme Holding"
+    finance.close()
