@@ -24,6 +24,8 @@ from projections.months import month_of
 from projections.readmodel import queries
 
 log = logging.getLogger("metering.api.metrics")
+# A client may send any method name; only these become label values.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def instrument(app: FastAPI, metrics: ReadModelMetrics) -> None:
@@ -40,7 +42,8 @@ def instrument(app: FastAPI, metrics: ReadModelMetrics) -> None:
         finally:
             # The route's template, never the raw path: ids in paths would be unbounded labels.
             route = getattr(request.scope.get("route"), "path", None) or "unmatched"
-            metrics.http.labels(route, request.method, str(status)).inc()
+            method = request.method if request.method in METHODS else "other"
+            metrics.http.labels(route, method, str(status)).inc()
             metrics.http_seconds.labels(route).observe(time.perf_counter() - started)
 
     @app.get("/metrics", include_in_schema=False)
