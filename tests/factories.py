@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 from typing import Any
 
+from api.auth import key_hash
 from projections.events import LicenceSnapshotTaken, Position, UsageRecorded
 from schemas.usage import Service
 
@@ -73,3 +75,15 @@ def cloudevent(
         "time": time,
         "data": data,
     }
+
+
+def stored_keys(keys: dict[str, str]) -> str:
+    """METERING_API_KEYS for `keys` (name -> key): `producer` and `finance` are those roles,
+    any other name is a tenant key for the tenant of that name."""
+    entries: list[dict[str, str]] = []
+    for name, key in keys.items():
+        if name in {"producer", "finance"}:
+            entries.append({"role": name, "sha256": key_hash(key)})
+        else:
+            entries.append({"role": "tenant", "tenant": name, "sha256": key_hash(key)})
+    return json.dumps(entries)

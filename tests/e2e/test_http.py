@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
-from api.auth import key_hash
 from metering.settings import Settings
 from projections.months import month_of, next_month, previous_month
 from streams.kafka import end_offsets
 from tests.conftest import Stack
-from tests.factories import cloudevent
+from tests.factories import cloudevent, stored_keys
 
 pytestmark = pytest.mark.integration
 
@@ -29,17 +27,6 @@ def keyed(name: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {KEYS[name]}"}
 
 
-def stored_keys() -> str:
-    return json.dumps(
-        [
-            {"role": "producer", "sha256": key_hash(KEYS["producer"])},
-            {"role": "finance", "sha256": key_hash(KEYS["finance"])},
-            {"role": "tenant", "tenant": "acme", "sha256": key_hash(KEYS["acme"])},
-            {"role": "tenant", "tenant": "beta", "sha256": key_hash(KEYS["beta"])},
-        ]
-    )
-
-
 def usage(tenant: str, type_: str, quantity: int, n: int, **extra: Any) -> dict[str, Any]:
     event = cloudevent(type_, {"quantity": quantity}, tenant=tenant,
                        time=f"{MONTH}-{n % 27 + 1:02d}T10:00:00Z", id=f"{tenant}-{n}")  # fmt: skip
@@ -50,7 +37,7 @@ def usage(tenant: str, type_: str, quantity: int, n: int, **extra: Any) -> dict[
 def test_ingest_and_read_over_http_with_keys(stack: Stack) -> None:
     stack.create_topics()
     stack.start_worker()
-    stack.start_projector(METERING_API_KEYS=stored_keys(), METERING_INGEST_MAX_EVENTS="50")
+    stack.start_projector(METERING_API_KEYS=stored_keys(KEYS), METERING_INGEST_MAX_EVENTS="50")
     api = httpx.Client(base_url=stack.env["METERING_API_URL"], timeout=120)
     settings = Settings(
         kafka_bootstrap=stack.env["METERING_KAFKA_BOOTSTRAP"],

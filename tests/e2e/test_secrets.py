@@ -4,16 +4,14 @@ log level, with right and wrong keys presented, and every byte it wrote searched
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import httpx
 import orjson
 import pytest
 
-from api.auth import key_hash
 from projections.months import month_of
 from tests.conftest import Stack
-from tests.factories import cloudevent
+from tests.factories import cloudevent, stored_keys
 
 pytestmark = pytest.mark.integration
 
@@ -26,12 +24,7 @@ SECRETS = {
 
 
 def test_known_secrets_never_reach_logs_errors_or_responses(stack: Stack) -> None:
-    keys = json.dumps(
-        [
-            {"role": "producer", "sha256": key_hash(SECRETS["producer"])},
-            {"role": "finance", "sha256": key_hash(SECRETS["finance"])},
-        ]
-    )
+    keys = stored_keys({"producer": SECRETS["producer"], "finance": SECRETS["finance"]})
     stack.env.update(
         METERING_LOG_LEVEL="debug",
         METERING_KAFKA_SASL_PASSWORD=SECRETS["sasl"],  # set, unused on a PLAINTEXT broker

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -17,10 +16,9 @@ import httpx
 import orjson
 import pytest
 
-from api.auth import key_hash
 from projections.months import month_of, previous_month
 from tests.conftest import Stack
-from tests.factories import cloudevent
+from tests.factories import cloudevent, stored_keys
 
 playwright = pytest.importorskip("playwright.sync_api")
 
@@ -36,17 +34,6 @@ def chromium() -> str:
     if found is None:
         pytest.fail("Debian's chromium is needed (scripts/bootstrap.sh installs it)")
     return found
-
-
-def stored_keys() -> str:
-    return json.dumps(
-        [
-            {"role": "producer", "sha256": key_hash(KEYS["producer"])},
-            {"role": "finance", "sha256": key_hash(KEYS["finance"])},
-            {"role": "tenant", "tenant": "acme", "sha256": key_hash(KEYS["acme"])},
-            {"role": "tenant", "tenant": "beta", "sha256": key_hash(KEYS["beta"])},
-        ]
-    )
 
 
 def the_events(now: dt.datetime) -> tuple[str, list[dict[str, Any]]]:
@@ -104,7 +91,7 @@ def chromium_browser() -> Iterator[Any]:
 def test_licences_screen_in_chromium(stack: Stack) -> None:
     stack.create_topics()
     stack.start_worker()
-    stack.start_projector(METERING_API_KEYS=stored_keys())
+    stack.start_projector(METERING_API_KEYS=stored_keys(KEYS))
     with chromium_browser() as browser:
         drive(stack, browser)
 
