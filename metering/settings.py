@@ -138,7 +138,9 @@ class Settings(BaseSettings):
         default=0, ge=0, le=65535, description="A worker's /metrics port; 0: a free port."
     )
     metrics_refresh: float = Field(
-        default=15.0, gt=0, description="Seconds between reads of the read-model gauges."
+        default=15.0,
+        gt=0,
+        description="Seconds between reads of the read-model gauges (at least 10x a read).",
     )
     metrics_tenant_top: int = Field(
         default=0,
