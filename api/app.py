@@ -22,7 +22,7 @@ from api.auth import Principal, authenticate, presented_key, require, require_te
 from api.ingest import BatchRejected, Ingestor
 from api.metrics import instrument
 from api.service import ReadModelService
-from projections.months import parse_month, previous_month
+from projections.months import months_until, parse_month
 from projections.readmodel import queries
 from schemas.envelope import CloudEvent
 from streams.kafka import broker_answers
@@ -167,9 +167,7 @@ def create_api(service: ReadModelService) -> FastAPI:
         """Usage per month and service for the `months` months up to `until`."""
         require_tenant(principal, tenant)
         last = _month(until)
-        first = last
-        for _ in range(months - 1):
-            first = previous_month(first)
+        first = months_until(last, months)[0]
         await fresh()
         rows = await service.read(queries.usage_history, tenant, first, last)
         return json_response({"tenant": tenant, "from": first, "until": last, "months": rows})

@@ -11,7 +11,7 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-from projections.months import month_end, next_month, previous_month
+from projections.months import month_end, months_until, next_month, previous_month
 
 INVOICE_MONTHS = 13
 
@@ -20,10 +20,7 @@ def windows(current: str, closed: list[str]) -> tuple[str, str]:
     """(first usage month to read, first invoice month to read)."""
     # Nothing closed yet: any month with usage may be overdue, so read them all.
     since = min(previous_month(current), next_month(max(closed))) if closed else "0000-01"
-    lines_since = current
-    for _ in range(INVOICE_MONTHS - 1):
-        lines_since = previous_month(lines_since)
-    return since, lines_since
+    return since, months_until(current, INVOICE_MONTHS)[0]
 
 
 def figures(

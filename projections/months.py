@@ -23,6 +23,14 @@ def previous_month(month: str) -> str:
     return f"{year - (mon == 1):04d}-{(mon - 2) % 12 + 1:02d}"
 
 
+def months_until(last: str, count: int) -> list[str]:
+    """The `count` months ending with `last`, oldest first."""
+    months = [last]
+    while len(months) < count:
+        months.append(previous_month(months[-1]))
+    return months[::-1]
+
+
 def month_end(month: str, zone: dt.tzinfo) -> dt.datetime:
     return month_start(next_month(month), zone)
 

@@ -22,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api.auth import OPEN, Principal, authenticate, presented_key, require, require_tenant
 from api.service import ReadModelService
-from projections.months import parse_month, previous_month
+from projections.months import months_until, parse_month
 from projections.readmodel import queries
 from web.i18n import LABELS, Language, choose, label
 from web.view import Formats, messages, metered_services
@@ -40,13 +40,6 @@ def page_data(cur: duckdb.DuckDBPyConnection, tenant: str, first: str, last: str
         "history": queries.usage_history(cur, tenant, first, last),
         "events": queries.system_events(cur, tenant),
     }
-
-
-def _months_until(last: str, count: int) -> list[str]:
-    months = [last]
-    while len(months) < count:
-        months.insert(0, previous_month(months[0]))
-    return months
 
 
 def _safe_next(target: str | None) -> str:
@@ -166,7 +159,7 @@ def register(app: FastAPI, service: ReadModelService, fresh: Callable[[], Awaita
             last = parse_month(month) if month else dt.datetime.now(zone).strftime("%Y-%m")
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
-        months = _months_until(last, MONTHS_SHOWN)
+        months = months_until(last, MONTHS_SHOWN)
         await fresh()
         data = await service.read(page_data, tenant, months[0], months[-1])
         if data["licences"] is None and not data["history"] and not data["events"]:

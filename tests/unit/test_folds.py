@@ -12,7 +12,7 @@ from billing.plan import load_plan
 from projections.batch import fold_batch
 from projections.events import CloseMarkerSeen, Position
 from projections.memory import MemoryState
-from projections.months import auto_close_due
+from projections.months import auto_close_due, months_until
 from projections.tenant import Snapshot, users_in_month
 from schemas.usage import Service
 from tests.factories import licence, usage
@@ -299,3 +299,8 @@ def test_auto_close_asks_for_last_month_once_its_grace_has_passed() -> None:
     assert auto_close_due(dt.datetime(2026, 11, 3, 23, 59, tzinfo=UTC), grace, UTC) is None
     assert auto_close_due(dt.datetime(2026, 11, 4, tzinfo=UTC), grace, UTC) == "2026-10"
     assert auto_close_due(dt.datetime(2027, 1, 10, tzinfo=UTC), grace, UTC) == "2026-12"
+
+
+def test_months_until_counts_back_across_years() -> None:
+    assert months_until("2026-02", 4) == ["2025-11", "2025-12", "2026-01", "2026-02"]
+    assert months_until("2026-02", 1) == ["2026-02"]
