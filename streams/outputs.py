@@ -41,8 +41,11 @@ class Outputs:
         if record_id in self.emitted:
             return None
         self.emitted.add(record_id)
+        # force: Faust would otherwise attach the record to the event being processed and
+        # publish it only when that event's offset is committed, which waits for this batch
+        # to finish: awaiting its acknowledgement below would then never return.
         sent: Awaitable[Any] = await self._topics[name].send(
-            key=key.encode(), value=record.model_dump_json().encode()
+            key=key.encode(), value=record.model_dump_json().encode(), force=True
         )
         return sent
 
