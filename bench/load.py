@@ -1,0 +1,104 @@
+"""A realistic load for the pipeline benchmark, encoded once and kept in memory, and the
+producers that write it (as fast as the broker takes it, or at a steady rate).
+
+The load is `metering.generate`'s month (registrations, licence snapshots with mid-month seat
+changes, daily storage, mailings, logins, chats, forms, about 2 % producer retries) scaled to
+the requested number of usage events over a fixed number of tenants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from metering.generate import generate_month
+from metering.settings import Settings
+from streams.kafka import new_producer
+
+# Per tenant and month at scale 1: about 30 storage measurements, 7 mailings and 1,325
+# logins, chats and forms; the scale brings the tenant-month to the wanted size.
+FIXED_PER_TENANT = 40
+SCALED_PER_TENANT = 1325
+
+Record = tuple[bytes, bytes]  # key, value
+
+
+@dataclass
+class Load:
+    licences: list[Record] = field(default_factory=list)
+    usage: list[Record] = field(default_factory=list)
+    duplicates: int = 0
+    tenants: int = 0
+
+    @property
+    def duplicate_share(self) -> float:
+        return self.duplicates / max(1, len(self.usage))
+
+
+def build_load(events: int, tenants: int, month: str, seed: int = 42) -> Load:
+    """`events` usage events over `tenants` tenants in `month`, with their licence records."""
+    scale = max(0.0, (events / tenants - FIXED_PER_TENANT) / SCALED_PER_TENANT)
+    load = Load(tenants=tenants)
+    seen: set[bytes] = set()
+    for event in generate_month(month, tenants, seed=seed, scale=scale):
+        value = orjson.dumps(event)
+        record = (event["subject"].encode(), value)
+        if event["type"].startswith("licensing."):
+            load.licences.append(record)
+            continue
+        if len(load.usage) < events:
+            identity = f"{event['source']}\x1f{event['id']}".encode()
+            load.duplicates += identity in seen
+            seen.add(identity)
+            load.usage.append(record)
+    return load
+
+
+def fresh_ids(records: list[Record], tag: str) -> list[Record]:
+    """The same records with new event ids, so that they count again instead of as duplicates."""
+    marker = f'"id":"{tag}-'.encode()
+    return [(key, value.replace(b'"id":"', marker, 1)) for key, value in records]
+
+
+def fast_producer(settings: Settings) -> AIOKafkaProducer:
+    # Large batches and a short linger: the benchmark's producer must not be what limits it.
+    return new_producer(settings, linger_ms=20, max_batch_size=1 << 20)
+
+
+async def produce_all(
+    client: AIOKafkaProducer, topic: str, records: list[Record], on_sent: Callable[[int], None]
+) -> None:
+    """Send without waiting per record; acknowledgements are awaited per chunk of 20,000."""
+    chunk = 20_000
+    for start in range(0, len(records), chunk):
+        pending = [await client.send(topic, value, key=key) for key, value in records[start:start + chunk]]  # fmt: skip
+        await asyncio.gather(*pending)
+        on_sent(len(pending))
+
+
+async def produce_steady(
+    client: AIOKafkaProducer, topic: str, records: list[Record], rate: float
+) -> list[tuple[float, int, int]]:
+    """Send at `rate` records per second in 10 ms ticks; returns (sent at, partition, offset)
+    of every record, the time taken on the monotonic clock when the send was issued."""
+    tick = 0.01
+    per_tick = max(1, round(rate * tick))
+    sent: list[tuple[float, asyncio.Future[object]]] = []
+    started = time.monotonic()
+    for n, start in enumerate(range(0, len(records), per_tick)):
+        delay = started + n * tick - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        now = time.monotonic()
+        for key, value in records[start : start + per_tick]:
+            sent.append((now, await client.send(topic, value, key=key)))
+    positions = []
+    for at, future in sent:
+        meta = await future
+        positions.append((at, getattr(meta, "partition"), getattr(meta, "offset")))  # noqa: B009
+    return positions

@@ -1,0 +1,348 @@
+"""Pipeline benchmark: end-to-end throughput, latency, replay and memory of the real worker
+and projector, against a plain aiokafka consumer of the same topic in the same run.
+
+    python -m bench.pipeline                 # 2,000,000 events, 10,000 tenants (make bench)
+    python -m bench.pipeline --quick         # a harness check for CI
+
+Phases, all on one local broker:
+1. end to end: worker and projector running, every licence then usage record produced as
+   fast as the broker takes it; from the first send until the worker group has committed
+   every input offset and the read model holds every usage record;
+2. baseline: a plain aiokafka consumer reading the usage topic from the start and decoding
+   every record with orjson (what Kafka and JSON alone cost);
+3. latency: usage produced at a steady rate; from each send to the record being visible in
+   the read model's `usage` (polled every 10 ms), and the worker's own lag histogram;
+4. replay: a worker with a new group and empty state rebuilds everything from the log;
+5. memory: a fresh worker's peak RSS after each of the memory points (same tenants, one
+   month, more events).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import datetime as dt
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.load import Load, build_load, fast_producer, fresh_ids, produce_all, produce_steady
+from bench.report import report
+from bench.stack import Component, environment, histogram_quantile, start
+from metering.broker import start_broker
+from metering.settings import Settings
+from projections.months import month_of, previous_month
+from streams.kafka import consumer, ensure_topics, partitions_of
+from streams.progress import OffsetsProbe, behind
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+class Watch:
+    """How far the worker group and the read model are behind the input topics."""
+
+    def __init__(self, settings: Settings, api_url: str) -> None:
+        self.settings = settings
+        self.probe = OffsetsProbe(settings)
+        self.http = httpx.AsyncClient(base_url=api_url, timeout=30)
+
+    async def __aenter__(self) -> Watch:
+        await self.probe.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.probe.stop()
+        await self.http.aclose()
+
+    async def read_model(self) -> dict[int, int]:
+        topic = self.settings.topics.usage
+        sql = f"SELECT partition, next_offset FROM offsets WHERE topic = '{topic}'"  # noqa: S608  # nosec B608  # our own topic name
+        response = await self.http.post("/v1/sql", params={"consistent": "false"}, json={"sql": sql})  # fmt: skip
+        response.raise_for_status()
+        return {int(p): int(o) for p, o in response.json()["rows"]}
+
+    async def behind(self, group: str, read_model: bool = True) -> tuple[int, int]:
+        """Records the worker group and the read model still have to take."""
+        topics = self.settings.topics
+        ends = await self.probe.end_offsets(*topics.inputs)
+        committed = await self.probe.committed(group, list(ends))
+        model = 0
+        if read_model:
+            held = await self.read_model()
+            model = sum(
+                max(0, end - held.get(tp.partition, 0))
+                for tp, end in ends.items()
+                if tp.topic == topics.usage
+            )
+        return behind(committed, ends), model
+
+    async def until_caught_up(
+        self, group: str, what: str, total: int, read_model: bool = True
+    ) -> tuple[float, float]:
+        """Wait until both have taken everything; returns when each did (monotonic)."""
+        worker_at = model_at = 0.0
+        shown = time.monotonic()
+        while not (worker_at and model_at):
+            worker, model = await self.behind(group, read_model)
+            now = time.monotonic()
+            worker_at = worker_at or (now if worker == 0 else 0.0)
+            model_at = model_at or (now if model == 0 else 0.0)
+            if now - shown > 5:
+                say(f"  {what}: worker {worker:,} behind, read model {model:,} behind of {total:,}")
+                shown = now
+            await asyncio.sleep(0.05)
+        return worker_at, model_at
+
+
+async def end_to_end(settings: Settings, load: Load, watch: Watch) -> dict[str, float]:
+    topics = settings.topics
+    total = len(load.usage)
+    sent = 0
+
+    def progress(n: int) -> None:
+        nonlocal sent
+        sent += n
+        if sent % 200_000 < n:
+            say(f"  end to end: produced {sent:,} of {total:,}")
+
+    async with watch:
+        client = fast_producer(settings)
+        await client.start()
+        try:
+            started = time.monotonic()
+            await produce_all(client, topics.licenses, load.licences, lambda n: None)
+            await produce_all(client, topics.usage, load.usage, progress)
+            produced = time.monotonic()
+        finally:
+            await client.stop()
+        worker_at, model_at = await watch.until_caught_up(settings.app_id, "end to end", total)
+    done = max(worker_at, model_at)
+    return {
+        "e2e_usage_events": total,
+        "e2e_duplicate_share": load.duplicate_share,
+        "e2e_produce_events_per_s": total / (produced - started),
+        "e2e_worker_events_per_s": total / (worker_at - started),
+        "e2e_read_model_events_per_s": total / (model_at - started),
+        "e2e_events_per_s": total / (done - started),
+    }
+
+
+async def baseline(settings: Settings) -> dict[str, float]:
+    """A plain consumer: every usage record from the start, each decoded with orjson."""
+    topic = settings.topics.usage
+    tps = await partitions_of(settings, topic)
+    async with consumer(settings) as client:
+        ends = await client.end_offsets(tps)
+        client.assign(tps)
+        await client.seek_to_beginning(*tps)
+        wanted = {tp: end for tp, end in ends.items() if end > 0}
+        count = 0
+        started = time.monotonic()
+        while wanted:
+            for tp, records in (await client.getmany(*wanted, timeout_ms=1000)).items():
+                for record in records:
+                    orjson.loads(record.value or b"{}")
+                count += len(records)
+                if records and records[-1].offset + 1 >= wanted[tp]:
+                    del wanted[tp]
+        elapsed = time.monotonic() - started
+    return {"baseline_records": count, "baseline_events_per_s": count / elapsed}
+
+
+def lag_buckets(text: str) -> list[tuple[float, float]]:
+    for family in text_string_to_metric_families(text):
+        if family.name == "metering_processing_lag_seconds":
+            return sorted(
+                (float(s.labels["le"]), s.value)
+                for s in family.samples
+                if s.name.endswith("_bucket") and s.labels.get("clock") == "log"
+            )
+    return []
+
+
+async def latency(
+    settings: Settings, load: Load, watch: Watch, worker: Component, rate: float, seconds: float
+) -> dict[str, float]:
+    records = fresh_ids(load.usage[: int(rate * seconds)], f"lat{uuid.uuid4().hex[:6]}")
+    seen: dict[int, tuple[list[int], list[float]]] = {}
+    done = asyncio.Event()
+
+    async def poll() -> None:
+        while not done.is_set():
+            held = await watch.read_model()
+            now = time.monotonic()
+            for partition, offset in held.items():
+                offsets, times = seen.setdefault(partition, ([], []))
+                if not offsets or offset > offsets[-1]:
+                    offsets.append(offset)
+                    times.append(now)
+            await asyncio.sleep(0.01)
+
+    async with watch, httpx.AsyncClient(timeout=30) as http:
+        before = lag_buckets((await http.get(worker.ready["metrics_url"])).text)
+        poller = asyncio.create_task(poll())
+        client = fast_producer(settings)
+        await client.start()
+        try:
+            positions = await produce_steady(client, settings.topics.usage, records, rate)
+        finally:
+            await client.stop()
+        await watch.until_caught_up(settings.app_id, "latency", len(records))
+        await asyncio.sleep(0.05)
+        done.set()
+        await poller
+        after = lag_buckets((await http.get(worker.ready["metrics_url"])).text)
+    waits = []
+    for at, partition, offset in positions:
+        offsets, times = seen[partition]
+        waits.append(times[bisect.bisect_right(offsets, offset)] - at)
+    waits.sort()
+    delta = [(le, count - dict(before).get(le, 0.0)) for le, count in after]
+    return {
+        "latency_rate_per_s": rate,
+        "latency_events": len(waits),
+        "latency_p50_s": waits[len(waits) // 2],
+        "latency_p99_s": waits[int(len(waits) * 0.99)],
+        "latency_max_s": waits[-1],
+        "worker_lag_p50_s": histogram_quantile(0.5, delta),
+        "worker_lag_p99_s": histogram_quantile(0.99, delta),
+    }
+
+
+async def replay(settings: Settings, env: dict[str, str], workdir: Path, api_url: str) -> dict[str, float]:  # fmt: skip
+    """A new group with empty state over the whole log; timed from its start."""
+    group = f"{settings.app_id}-replay"
+    probe = OffsetsProbe(settings)
+    await probe.start()
+    try:
+        records = sum((await probe.end_offsets(*settings.topics.inputs)).values())
+    finally:
+        await probe.stop()
+    started = time.monotonic()
+    worker = await asyncio.to_thread(start, "worker", {**env, "METERING_APP_ID": group}, workdir)
+    try:
+        async with Watch(settings, api_url) as watch:
+            worker_at, _ = await watch.until_caught_up(group, "replay", records, False)
+    finally:
+        worker.stop()
+    return {"replay_records": records, "replay_events_per_s": records / (worker_at - started)}
+
+
+async def memory(
+    settings: Settings, env: dict[str, str], workdir: Path, api_url: str, load: Load, points: list[int]
+) -> dict[str, float]:  # fmt: skip
+    """A worker on its own topics; its peak RSS after each point of the same load."""
+    figures: dict[str, float] = {}
+    worker = await asyncio.to_thread(start, "worker", env, workdir)
+    try:
+        async with Watch(settings, api_url) as watch:
+            client = fast_producer(settings)
+            await client.start()
+            try:
+                await produce_all(client, settings.topics.licenses, load.licences, lambda n: None)
+                done = 0
+                for point in points:
+                    await produce_all(client, settings.topics.usage, load.usage[done:point], lambda n: None)  # fmt: skip
+                    done = point
+                    await watch.until_caught_up(settings.app_id, f"memory at {point:,}", point, False)
+                    figures[f"worker_peak_rss_mib_at_{point}"] = worker.peak_rss_mib()
+            finally:
+                await client.stop()
+    finally:
+        worker.stop()
+    first, last = points[0], points[-1]
+    figures["memory_growth_ratio"] = (
+        figures[f"worker_peak_rss_mib_at_{last}"] / figures[f"worker_peak_rss_mib_at_{first}"]
+    )
+    return figures
+
+
+def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    broker = start_broker(workdir / "kafka", Settings().cache_dir)
+    components: list[Component] = []
+    try:
+        tag = uuid.uuid4().hex[:6]
+        settings = Settings(
+            kafka_bootstrap=broker.bootstrap, topic_prefix=f"bench-{tag}-",
+            app_id=f"bench-{tag}", partitions=args.partitions,
+        )  # fmt: skip
+        asyncio.run(ensure_topics(settings))
+        month = previous_month(month_of(dt.datetime.now(dt.UTC), dt.UTC))
+        say(f"generating {args.events:,} usage events for {args.tenants:,} tenants")
+        load = build_load(args.events, args.tenants, month)
+        env = environment(broker.bootstrap, settings.topic_prefix, settings.app_id, workdir)
+        env["METERING_PARTITIONS"] = str(args.partitions)
+        components.append(start("projector", env, workdir))
+        api_url = components[0].ready["api_url"]
+        worker = start("worker", env, workdir)
+        components.append(worker)
+        figures: dict[str, Any] = {"tenants": args.tenants, "partitions": args.partitions}
+        say("end to end")
+        figures.update(asyncio.run(end_to_end(settings, load, Watch(settings, api_url))))
+        figures["worker_peak_rss_mib"] = worker.peak_rss_mib()
+        say("baseline: plain aiokafka consumer")
+        figures.update(asyncio.run(baseline(settings)))
+        figures["e2e_vs_baseline"] = figures["e2e_events_per_s"] / figures["baseline_events_per_s"]
+        say(f"latency at {args.rate:,.0f} events/s for {args.seconds:g} s")
+        figures.update(asyncio.run(latency(settings, load, Watch(settings, api_url), worker, args.rate, args.seconds)))  # fmt: skip
+        worker.stop()
+        components.remove(worker)
+        say("replay")
+        figures.update(asyncio.run(replay(settings, env, workdir, api_url)))
+        figures["replay_vs_live"] = figures["replay_events_per_s"] / figures["e2e_worker_events_per_s"]
+        figures["replay_vs_baseline"] = figures["replay_events_per_s"] / figures["baseline_events_per_s"]
+        points = sorted(args.memory)
+        say(f"memory at {', '.join(f'{p:,}' for p in points)} events")
+        mem = Settings(
+            kafka_bootstrap=broker.bootstrap, topic_prefix=f"bench-{tag}-mem-",
+            app_id=f"bench-{tag}-mem", partitions=args.partitions,
+        )  # fmt: skip
+        asyncio.run(ensure_topics(mem))
+        big = build_load(points[-1], args.tenants, month, seed=7)
+        mem_env = {**env, "METERING_TOPIC_PREFIX": mem.topic_prefix, "METERING_APP_ID": mem.app_id}
+        figures.update(asyncio.run(memory(mem, mem_env, workdir, api_url, big, points)))
+        return figures
+    finally:
+        for component in components:
+            component.stop()
+        broker.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=2_000_000, help="usage events end to end")
+    parser.add_argument("--tenants", type=int, default=10_000)
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--rate", type=float, default=10_000, help="events/s for the latency run")
+    parser.add_argument("--seconds", type=float, default=30, help="length of the latency run")
+    parser.add_argument(
+        "--memory", type=lambda s: [int(x) for x in s.split(",")],
+        default=[1_000_000, 5_000_000], help="comma-separated event counts (default 1M,5M)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="20,000 events, 200 tenants, 3 s at 2,000/s, memory at 10,000 and 40,000",
+    )  # fmt: skip
+    args = parser.parse_args()
+    if args.quick:
+        args.events, args.tenants, args.rate, args.seconds = 20_000, 200, 2_000, 3
+        args.memory = [10_000, 40_000]
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        figures = run(args, Path(tmp))
+    report(figures, "pipeline", args.quick)
+
+
+if __name__ == "__main__":
+    main()
