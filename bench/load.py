@@ -76,7 +76,10 @@ async def produce_all(
     """Send without waiting per record; acknowledgements are awaited per chunk of 20,000."""
     chunk = 20_000
     for start in range(0, len(records), chunk):
-        pending = [await client.send(topic, value, key=key) for key, value in records[start:start + chunk]]  # fmt: skip
+        pending = [
+            await client.send(topic, value, key=key)
+            for key, value in records[start : start + chunk]
+        ]
         await asyncio.gather(*pending)
         on_sent(len(pending))
 

@@ -66,8 +66,11 @@ class Watch:
 
     async def read_model(self) -> dict[int, int]:
         topic = self.settings.topics.usage
-        sql = f"SELECT partition, next_offset FROM offsets WHERE topic = '{topic}'"  # noqa: S608  # nosec B608  # our own topic name
-        response = await self.http.post("/v1/sql", params={"consistent": "false"}, json={"sql": sql})  # fmt: skip
+        # our own topic name, validated by Settings
+        sql = f"SELECT partition, next_offset FROM offsets WHERE topic = '{topic}'"  # noqa: S608  # nosec B608
+        response = await self.http.post(
+            "/v1/sql", params={"consistent": "false"}, json={"sql": sql}
+        )
         response.raise_for_status()
         return {int(p): int(o) for p, o in response.json()["rows"]}
 
@@ -219,7 +222,9 @@ async def latency(
     }
 
 
-async def replay(settings: Settings, env: dict[str, str], workdir: Path, api_url: str) -> dict[str, float]:  # fmt: skip
+async def replay(
+    settings: Settings, env: dict[str, str], workdir: Path, api_url: str
+) -> dict[str, float]:
     """A new group with empty state over the whole log; timed from its start."""
     group = f"{settings.app_id}-replay"
     probe = OffsetsProbe(settings)
@@ -239,7 +244,8 @@ async def replay(settings: Settings, env: dict[str, str], workdir: Path, api_url
 
 
 async def memory(
-    settings: Settings, env: dict[str, str], workdir: Path, api_url: str, load: Load, points: list[int]
+    settings: Settings, env: dict[str, str], workdir: Path, api_url: str, load: Load,
+    points: list[int],
 ) -> dict[str, float]:  # fmt: skip
     """A worker on its own topics; its peak RSS after each point of the same load."""
     figures: dict[str, float] = {}
@@ -252,9 +258,11 @@ async def memory(
                 await produce_all(client, settings.topics.licenses, load.licences, lambda n: None)
                 done = 0
                 for point in points:
-                    await produce_all(client, settings.topics.usage, load.usage[done:point], lambda n: None)  # fmt: skip
+                    batch = load.usage[done:point]
+                    await produce_all(client, settings.topics.usage, batch, lambda n: None)
                     done = point
-                    await watch.until_caught_up(settings.app_id, f"memory at {point:,}", point, False)
+                    what = f"memory at {point:,}"
+                    await watch.until_caught_up(settings.app_id, what, point, False)
                     figures[f"worker_peak_rss_mib_at_{point}"] = worker.peak_rss_mib()
             finally:
                 await client.stop()
@@ -294,13 +302,15 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         figures.update(asyncio.run(baseline(settings)))
         figures["e2e_vs_baseline"] = figures["e2e_events_per_s"] / figures["baseline_events_per_s"]
         say(f"latency at {args.rate:,.0f} events/s for {args.seconds:g} s")
-        figures.update(asyncio.run(latency(settings, load, Watch(settings, api_url), worker, args.rate, args.seconds)))  # fmt: skip
+        watch = Watch(settings, api_url)
+        figures.update(asyncio.run(latency(settings, load, watch, worker, args.rate, args.seconds)))
         worker.stop()
         components.remove(worker)
         say("replay")
         figures.update(asyncio.run(replay(settings, env, workdir, api_url)))
-        figures["replay_vs_live"] = figures["replay_events_per_s"] / figures["e2e_worker_events_per_s"]
-        figures["replay_vs_baseline"] = figures["replay_events_per_s"] / figures["baseline_events_per_s"]
+        replayed = figures["replay_events_per_s"]
+        figures["replay_vs_live"] = replayed / figures["e2e_worker_events_per_s"]
+        figures["replay_vs_baseline"] = replayed / figures["baseline_events_per_s"]
         points = sorted(args.memory)
         say(f"memory at {', '.join(f'{p:,}' for p in points)} events")
         mem = Settings(

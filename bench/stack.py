@@ -55,7 +55,7 @@ def start(kind: str, env: dict[str, str], data_dir: Path, timeout: float = 120) 
     ready = data_dir / f"{kind}-{uuid.uuid4().hex[:6]}.ready"
     log_path = data_dir / f"{kind}.log"
     with log_path.open("ab") as log:
-        process = subprocess.Popen(  # nosec B603  # our own interpreter and module
+        process = subprocess.Popen(  # noqa: S603  # nosec B603  # our own interpreter and module
             [sys.executable, "-m", "metering.cli", kind],
             env={**env, "METERING_READY_FILE": str(ready)},
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
