@@ -21,8 +21,16 @@ from projections.events import (
     UsageRecorded,
 )
 from projections.invoicing import close_month
-from projections.tenant import TenantState, apply_licence, apply_usage, stable_id
+from projections.tenant import (
+    ServiceMonth,
+    TenantState,
+    apply_licence,
+    crossings_at,
+    next_crossing_at,
+    stable_id,
+)
 from schemas.records import DeadLetter, InvoiceLine, MonthClosed, ThresholdCrossed
+from schemas.usage import Service
 
 
 class StateView(Protocol):
@@ -48,14 +56,95 @@ class BatchResult:
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
+class _Running:
+    """A service-month being counted in this batch, ahead of the tenant's state."""
+
+    __slots__ = ("events", "first", "last", "trigger", "value")
+
+    def __init__(self, before: ServiceMonth | None, trigger: int) -> None:
+        self.value = before.value if before else 0
+        self.events = before.events if before else 0
+        self.first = before.first_offset if before else None
+        self.last = before.last_offset if before else None
+        self.trigger = trigger
+
+
+class _Counting:
+    """A tenant whose usage this batch counts in place; `settle` makes it a state again.
+
+    Equivalent to `apply_usage` per event (the property tests compare the two): usage is
+    only rated when it reaches `next_crossing_at`, the least value that can cross a level.
+    """
+
+    __slots__ = ("applied", "origin", "running", "state")
+
+    def __init__(self, state: TenantState) -> None:
+        self.origin = self.state = state
+        self.running: dict[tuple[str, Service], _Running] = {}
+        self.applied = state.applied_through
+
+    def count(self, event: UsageRecorded, plan: Plan) -> list[ThresholdCrossed]:
+        key = (event.month, event.service)
+        running = self.running.get(key)
+        if running is None:
+            before = self.state.usage.get(event.month, {}).get(event.service)
+            trigger = next_crossing_at(self.state, event.month, event.service, plan)
+            running = self.running[key] = _Running(before, trigger)
+        offset = event.position.offset
+        if event.service is Service.STORAGE:
+            running.value = max(running.value, event.amount)
+        else:
+            running.value += event.amount
+        running.events += 1
+        running.first = offset if running.first is None else min(running.first, offset)
+        running.last = offset if running.last is None else max(running.last, offset)
+        self.applied = offset
+        if running.value < running.trigger:
+            return []
+        self.state, crossings = crossings_at(self.settle(), event, plan)
+        self.running.clear()
+        return crossings
+
+    def settle(self) -> TenantState:
+        if not self.running and self.applied == self.state.applied_through:
+            return self.state
+        months = dict(self.state.usage)
+        copied: set[str] = set()
+        for (month, service), running in self.running.items():
+            if month not in copied:
+                months[month] = dict(months.get(month, {}))
+                copied.add(month)
+            months[month][service] = ServiceMonth.model_construct(
+                value=running.value,
+                events=running.events,
+                first_offset=running.first,
+                last_offset=running.last,
+            )
+        return self.state.model_copy(update={"usage": months, "applied_through": self.applied})
+
+
 class _Batch:
     def __init__(self, view: StateView, plan: Plan, barrier_topics: frozenset[str]) -> None:
         self.view = view
         self.plan = plan
         self.barrier_topics = barrier_topics
         self.out = BatchResult()
+        self.counting: dict[str, _Counting] = {}
+
+    def settle(self) -> None:
+        for tenant in list(self.counting):
+            self.settle_one(tenant)
+
+    def settle_one(self, tenant: str) -> None:
+        counting = self.counting.pop(tenant, None)
+        if counting is None:
+            return
+        state = counting.settle()
+        if state is not counting.origin:  # only duplicates: nothing to write
+            self.out.tenants[tenant] = state
 
     def state(self, tenant: str, partition: int) -> TenantState:
+        self.settle_one(tenant)
         found = self.out.tenants.get(tenant) or self.view.tenant(tenant)
         if found is None:
             # A tenant first seen after a close starts with that close already applied, so a
@@ -77,9 +166,12 @@ class _Batch:
 
     def usage(self, event: UsageRecorded) -> None:
         key, offset = event.dedupe_key, event.position.offset
-        current = self.state(event.tenant, event.position.partition)
+        counting = self.counting.get(event.tenant)
+        if counting is None:
+            counting = _Counting(self.state(event.tenant, event.position.partition))
+            self.counting[event.tenant] = counting
         claimed = self.claimed(key)
-        if offset <= current.applied_through:
+        if offset <= counting.applied:
             # Already in the tenant's state: the state was written, the offset commit was
             # not (a killed worker). Only a lost dedupe entry may need writing again.
             if claimed is None:
@@ -91,9 +183,7 @@ class _Batch:
         # Claimed by this very record: its dedupe entry was written before a kill, the
         # tenant's state was not. It has not been counted yet.
         self.out.seen[key] = (event.position.partition, event.month, offset)
-        state, crossings = apply_usage(current, event, self.plan)
-        self.out.tenants[event.tenant] = state.model_copy(update={"applied_through": offset})
-        self.out.crossings.extend(crossings)
+        self.out.crossings.extend(counting.count(event, self.plan))
         self.out.outcomes[(event.service.value, "accepted")] += 1
 
     def licence(self, event: LicenceSnapshotTaken) -> None:
@@ -123,6 +213,7 @@ class _Batch:
             self.close(event.close_id, event.month, partition)
 
     def close(self, close_id: str, month: str, partition: int) -> None:
+        self.settle()
         tenants = set(self.view.tenants_in(partition))
         tenants.update(t for t, s in self.out.tenants.items() if s.partition == partition)
         lines: list[InvoiceLine] = []
@@ -168,4 +259,5 @@ def fold_batch(
         else:
             batch.out.dead_letters.append(item)
             batch.out.outcomes[("rejected", item.reason)] += 1
+    batch.settle()
     return batch.out

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
+from functools import lru_cache
 
 
 def month_of(time: dt.datetime, zone: dt.tzinfo) -> str:
-    return time.astimezone(zone).strftime("%Y-%m")
+    local = time.astimezone(zone)
+    return f"{local.year:04d}-{local.month:02d}"
 
 
+# Every usage event asks for its month's bounds: a few hundred months are ever in play.
+@lru_cache(maxsize=4096)
 def month_start(month: str, zone: dt.tzinfo) -> dt.datetime:
     return dt.datetime(int(month[:4]), int(month[5:7]), 1, tzinfo=zone)
 
 
+@lru_cache(maxsize=4096)
 def next_month(month: str) -> str:
     year, mon = int(month[:4]), int(month[5:7])
     return f"{year + mon // 12:04d}-{mon % 12 + 1:02d}"

@@ -102,6 +102,28 @@ def reached_levels(rating: Rating) -> list[tuple[str, int | None]]:
     return levels
 
 
+def next_crossing_at(state: TenantState, month: str, service: Service, plan: Plan) -> int:
+    """The least usage of the service-month at which `reached_levels` holds a level that is
+    not crossed yet. Below it, counting more usage decides nothing, so a batch can count
+    without rating every event; at or above it, the event is rated as usual."""
+    rating = rate_month(state, month, service, plan)
+    included, size, crossed = rating.included, rating.package_size, state.crossings
+    candidates = []
+    if crossing_id(state.tenant, service, month, "warning", None) not in crossed:
+        candidates.append(max(1, -(-included * 85 // 100)))
+    if crossing_id(state.tenant, service, month, "exceeded", None) not in crossed:
+        candidates.append(included + 1)
+    # The next package to announce: the first above the current one that is not crossed yet
+    # (a licence change can lower the count below packages announced before).
+    package = max(rating.packages, 1) + 1
+    if rating.packages >= 2:
+        package = rating.packages
+    while crossing_id(state.tenant, service, month, "package", package) in crossed:
+        package += 1
+    candidates.append(included + (package - 1) * size + 1)
+    return min(candidates)
+
+
 def crossing_id(tenant: str, service: Service, month: str, level: str, n: int | None) -> str:
     return stable_id("crossing", tenant, service.value, month, level, str(n or ""))
 
@@ -156,6 +178,13 @@ def apply_usage(
     )
     months[event.month] = services
     state = state.model_copy(update={"usage": months})
+    return crossings_at(state, event, plan)
+
+
+def crossings_at(
+    state: TenantState, event: UsageRecorded, plan: Plan
+) -> tuple[TenantState, list[ThresholdCrossed]]:
+    """The crossings of the event's service-month in `state`, which already counts `event`."""
     return _crossings(
         state, event.month, event.service, plan, f"{event.source}/{event.id}", event.time
     )

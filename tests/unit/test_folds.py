@@ -10,10 +10,16 @@ from hypothesis import strategies as st
 
 from billing.plan import load_plan
 from projections.batch import fold_batch
-from projections.events import CloseMarkerSeen, Position
+from projections.events import CloseMarkerSeen, LicenceSnapshotTaken, Position
 from projections.memory import MemoryState
 from projections.months import auto_close_due, months_until
-from projections.tenant import Snapshot, users_in_month
+from projections.tenant import (
+    Snapshot,
+    TenantState,
+    apply_licence,
+    apply_usage,
+    users_in_month,
+)
 from schemas.usage import Service
 from tests.factories import licence, usage
 
@@ -110,6 +116,71 @@ def test_usage_is_independent_of_order_and_duplicates(events: list, data: st.Dat
         else:
             expected[service.value] = expected.get(service.value, 0) + amount
     assert values(first) == expected
+
+
+# Dense on purpose: few tenants, months and services, so that usage walks through every
+# level (85 %, included, packages) in small steps as well as in big jumps.
+mixed = st.lists(
+    st.one_of(
+        st.tuples(
+            st.sampled_from([Service.FORM, Service.CHAT, Service.STORAGE]),
+            st.one_of(st.integers(1, 250), st.integers(1, 10**11)),
+            st.integers(0, 60),  # id: collisions make duplicates
+            st.integers(0, 1),  # tenant
+            st.sampled_from(["2026-10", "2026-10", "2026-09"]),
+        ),
+        st.tuples(st.integers(0, 160), st.integers(0, 1), st.integers(1, 60)),  # users, tenant, day
+    ),
+    min_size=20,
+    max_size=80,
+)
+
+
+def one_by_one(log: list) -> tuple[dict[str, TenantState], list]:  # type: ignore[type-arg]
+    """The reference: `apply_usage` / `apply_licence` on every record, deduplicated."""
+    states: dict[str, TenantState] = {}
+    seen: set[str] = set()
+    crossings: list = []  # type: ignore[type-arg]
+    for item in log:
+        state = states.get(item.tenant) or TenantState(tenant=item.tenant, partition=0)
+        if isinstance(item, LicenceSnapshotTaken):
+            state, new = apply_licence(state, item, PLAN)
+        elif item.dedupe_key in seen:
+            continue
+        else:
+            seen.add(item.dedupe_key)
+            state, new = apply_usage(state, item, PLAN)
+            state = state.model_copy(update={"applied_through": item.position.offset})
+        states[item.tenant] = state
+        crossings.extend(new)
+    return states, crossings
+
+
+@settings(max_examples=200, deadline=None)
+@given(items=mixed, cut=st.integers(0, 60))
+def test_a_batch_decides_exactly_what_single_events_decide(items: list, cut: int) -> None:  # type: ignore[type-arg]
+    """The batch fold counts usage in place and rates only near a level; it must emit the
+    same crossings (same ids, usage, crossed_by, order) and end in the same states as
+    `apply_usage` on every record, across seat changes, duplicates and months."""
+    decoded = []
+    for item in items:
+        if len(item) == 5:
+            service, amount, n, t, month = item
+            decoded.append(usage(service, amount, tenant=f"t{t}", month=month, id=str(n)))
+        else:
+            users, t, day = item
+            when = dt.datetime(2026, 9, 1, tzinfo=UTC) + dt.timedelta(days=day - 1)
+            decoded.append(licence(users, when, tenant=f"t{t}"))
+    log = logged(decoded, {})
+    expected_states, expected_crossings = one_by_one(log)
+    state = MemoryState()
+    crossings = []
+    for batch in (log[:cut], log[cut:]):
+        result = fold_batch(batch, state, PLAN, BARRIER)
+        state.commit(result)
+        crossings.extend(result.crossings)
+    assert crossings == expected_crossings
+    assert state.tenants == expected_states
 
 
 @settings(max_examples=80, deadline=None)
