@@ -74,8 +74,8 @@ def down() -> None:
 @main.command()
 def worker() -> None:
     """Run one stream worker in the foreground (what a cluster or docker-compose runs)."""
-    from streams.app import run_worker
     from streams.kafka import ensure_topics
+    from streams.worker import run_worker
 
     settings = cli_settings()
     plan = cli_plan(settings)

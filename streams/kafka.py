@@ -11,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from metering.settings import Settings
+from streams.store import COMPACTED, changelog_topics
 
 # Decisions are judged against the time a record entered the log (DESIGN.md s.4), so the input
 # topics stamp it themselves instead of trusting the producer's clock.
@@ -57,6 +58,22 @@ async def ensure_topics(settings: Settings, replication: int = 1) -> None:
             f"input topics must have the same number of partitions (co-partitioned by tenant), "
             f"found {counts}"
         )
+
+
+async def ensure_changelogs(settings: Settings) -> None:
+    """Create the worker group's compacted state topics, partitioned like the inputs."""
+    async with admin_client(settings) as admin:
+        existing = set(await admin.list_topics())
+        described = await admin.describe_topics([settings.topics.usage])
+        partitions = len(described[0]["partitions"])
+        new = [
+            NewTopic(name, partitions, 1, topic_configs=COMPACTED)
+            for name in changelog_topics(settings.app_id)
+            if name not in existing
+        ]
+        if new:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new)
 
 
 def new_producer(settings: Settings, **options: Any) -> AIOKafkaProducer:

@@ -8,13 +8,13 @@ none of them is sent a second time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
 from typing import Any
 
 import orjson
+from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
 
-from metering.settings import Settings
+from metering.settings import Settings, Topics
 from projections.batch import BatchResult
 from streams.kafka import read_all
 
@@ -32,29 +32,33 @@ async def load_emitted(settings: Settings) -> set[str]:
 
 
 class Outputs:
-    def __init__(self, topics: dict[str, Any], emitted: set[str]) -> None:
-        self._topics = topics
+    def __init__(self, producer: AIOKafkaProducer, topics: Topics, emitted: set[str]) -> None:
+        self._producer = producer
+        self._topics = {
+            "crossings": topics.crossings,
+            "lines": topics.lines,
+            "closes": topics.closes,
+            "dead_letters": topics.dead_letters,
+        }
         self.emitted = emitted
 
-    async def _send(self, name: str, key: str, record: BaseModel) -> Awaitable[Any] | None:
+    async def _send(self, name: str, key: str, record: BaseModel) -> asyncio.Future[Any] | None:
         record_id = str(getattr(record, "id"))  # noqa: B009 - every output model has an id
         if record_id in self.emitted:
             return None
         self.emitted.add(record_id)
-        # force: Faust would otherwise attach the record to the event being processed and
-        # publish it only when that event's offset is committed, which waits for this batch
-        # to finish: awaiting its acknowledgement below would then never return.
-        sent: Awaitable[Any] = await self._topics[name].send(
-            key=key.encode(), value=record.model_dump_json().encode(), force=True
+        value = record.model_dump_json().encode()
+        sent: asyncio.Future[Any] = await self._producer.send(
+            self._topics[name], value, key=key.encode()
         )
         return sent
 
-    async def send(self, result: BatchResult) -> None:
-        """Send the batch's decisions and wait until the broker has them all.
+    async def send(self, result: BatchResult) -> list[asyncio.Future[Any]]:
+        """Send the batch's decisions; returns the acknowledgements to wait for.
 
-        The agent writes its state only after this returns: a worker killed in between
-        decides the same records again (same ids, suppressed if they arrived), while state
-        written ahead of its outputs would lose them for good.
+        The worker writes the state that implies them only after they are acknowledged: a
+        worker killed in between decides the same records again (same ids, suppressed if
+        they arrived), while state written ahead of its outputs would lose them for good.
         """
         pending = []
         for crossing in result.crossings:
@@ -65,6 +69,4 @@ class Outputs:
             pending.append(await self._send("closes", ack.close_id, ack))
         for letter in result.dead_letters:
             pending.append(await self._send("dead_letters", letter.topic, letter))
-        acks = [sent for sent in pending if sent is not None]
-        if acks:
-            await asyncio.gather(*acks)
+        return [sent for sent in pending if sent is not None]

@@ -11,8 +11,8 @@ import pytest
 
 from billing.plan import load_plan
 from metering.settings import SettingsError, load_settings
-from streams.app import create_app
 from streams.kafka import new_producer
+from streams.worker import Worker
 
 PASSWORD = "s3cr3t-sasl-password"  # noqa: S105 - a test value that must never be printed
 KEY_PASSWORD = "s3cr3t-key-password"  # noqa: S105 - likewise
@@ -75,14 +75,15 @@ async def test_sasl_and_tls_reach_the_aiokafka_clients(tls_files: dict[str, Path
         await producer.stop()  # never started: only marks it closed
 
 
-def test_sasl_and_tls_reach_the_faust_worker(tls_files: dict[str, Path]) -> None:
+def test_sasl_and_tls_reach_the_worker_consumer(tls_files: dict[str, Path]) -> None:
     settings = load_settings(**secure(tls_files, kafka_sasl_mechanism="PLAIN"))
-    app = create_app(settings, load_plan())
-    credentials = app.conf.broker_credentials
-    assert credentials.protocol.value == "SASL_SSL"
-    assert str(credentials.mechanism.value) == "PLAIN"
-    assert (credentials.username, credentials.password) == ("metering", PASSWORD)
-    assert isinstance(credentials.ssl_context, ssl.SSLContext)
+    config = Worker(settings, load_plan()).consumer_config()
+    assert config["security_protocol"] == "SASL_SSL"
+    assert config["sasl_mechanism"] == "PLAIN"
+    assert (config["sasl_plain_username"], config["sasl_plain_password"]) == ("metering", PASSWORD)
+    assert isinstance(config["ssl_context"], ssl.SSLContext)
+    assert config["ssl_context"].cert_store_stats()["x509_ca"] == 1
+    assert config["group_id"] == settings.app_id and config["enable_auto_commit"] is False
 
 
 def test_secrets_never_appear_in_repr_dumps_or_errors(tls_files: dict[str, Path]) -> None:

@@ -1,0 +1,167 @@
+"""The worker's state: dicts in memory (the folds' `StateView`), backed by compacted changelog
+topics that it writes at each flush and reads back when it is given partitions.
+
+Changelog `P` of each table holds the state that belongs to input partition `P`, so a worker
+restores exactly the partitions it is assigned. Formats (keys and values are UTF-8 / JSON):
+
+| topic | key | value |
+|---|---|---|
+| `{app}-tenants-changelog` | tenant | `TenantState` JSON (last write wins) |
+| `{app}-seen-changelog` | `first-last/flush id` | `[[dedupe key, month, offset], ...]` |
+| `{app}-barriers-changelog` | `close id \\x1f partition` | input topics whose marker arrived |
+| `{app}-partitions-changelog` | `p<partition>` | months closed in the partition |
+
+Dedupe entries are packed per flush and partition (one record instead of one per event). Each
+such record has a key of its own, so compaction never drops one: a flush repeated after a kill
+may cover the same offsets and yet hold fewer entries (those its tenants already include).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from projections.batch import BatchResult
+from projections.tenant import TenantState
+
+TABLES = ("tenants", "seen", "barriers", "partitions")
+COMPACTED = {"cleanup.policy": "compact"}
+
+
+def changelog(app_id: str, table: str) -> str:
+    return f"{app_id}-{table}-changelog"
+
+
+class Store:
+    """State of the assigned partitions, and what changed since the last flush."""
+
+    def __init__(self) -> None:
+        self.tenants: dict[str, TenantState] = {}
+        self.seen_keys: dict[str, int] = {}
+        self.barriers: dict[str, tuple[str, ...]] = {}
+        self.closed: dict[int, tuple[str, ...]] = {}
+        self._dirty_tenants: set[str] = set()
+        self._new_seen: dict[int, list[tuple[str, str, int]]] = defaultdict(list)
+        self._dirty_barriers: set[str] = set()
+        self._dirty_closed: set[int] = set()
+
+    # StateView
+    def tenant(self, tenant: str) -> TenantState | None:
+        return self.tenants.get(tenant)
+
+    def tenants_in(self, partition: int) -> Iterable[str]:
+        return [t for t, s in self.tenants.items() if s.partition == partition]
+
+    def seen(self, key: str) -> int | None:
+        return self.seen_keys.get(key)
+
+    def barrier(self, key: str) -> tuple[str, ...]:
+        return self.barriers.get(key, ())
+
+    def partition_closed(self, partition: int) -> tuple[str, ...]:
+        return self.closed.get(partition, ())
+
+    def apply(self, result: BatchResult) -> None:
+        """Take a batch's result into memory; it reaches the changelog at the next flush."""
+        self.tenants.update(result.tenants)
+        self._dirty_tenants.update(result.tenants)
+        for key, (partition, month, offset) in result.seen.items():
+            self.seen_keys[key] = offset
+            self._new_seen[partition].append((key, month, offset))
+        self.barriers.update(result.barriers)
+        self._dirty_barriers.update(result.barriers)
+        self.closed.update(result.partition_closed)
+        self._dirty_closed.update(result.partition_closed)
+
+    @property
+    def dirty(self) -> bool:
+        return bool(
+            self._dirty_tenants or self._new_seen or self._dirty_barriers or self._dirty_closed
+        )
+
+    async def flush(self, producer: AIOKafkaProducer, app_id: str) -> int:
+        """Write every change since the last flush and wait for the broker; returns records."""
+        pending = []
+
+        async def put(table: str, partition: int, key: str, value: bytes) -> None:
+            topic = changelog(app_id, table)
+            pending.append(await producer.send(topic, value, key=key.encode(), partition=partition))
+
+        for tenant in self._dirty_tenants:
+            state = self.tenants[tenant]
+            await put("tenants", state.partition, tenant, state.model_dump_json().encode())
+        for partition, entries in self._new_seen.items():
+            span = f"{min(e[2] for e in entries)}-{max(e[2] for e in entries)}/{uuid.uuid4().hex}"
+            await put("seen", partition, span, orjson.dumps(entries))
+        for key in self._dirty_barriers:
+            partition = int(key.rsplit("\x1f", 1)[1])
+            await put("barriers", partition, key, orjson.dumps(self.barriers[key]))
+        for partition in self._dirty_closed:
+            months = orjson.dumps(self.closed[partition])
+            await put("partitions", partition, f"p{partition}", months)
+        await asyncio.gather(*pending)
+        self._dirty_tenants.clear()
+        self._new_seen.clear()
+        self._dirty_barriers.clear()
+        self._dirty_closed.clear()
+        return len(pending)
+
+
+async def restore(consumer: AIOKafkaConsumer, app_id: str, partitions: Iterable[int]) -> Store:
+    """A store holding what the changelogs say about `partitions` (read to their end)."""
+    wanted = sorted(set(partitions))
+    tps = [TopicPartition(changelog(app_id, t), p) for t in TABLES for p in wanted]
+    store = Store()
+    if not tps:
+        return store
+    ends = {tp: end for tp, end in (await consumer.end_offsets(tps)).items() if end > 0}
+    raw: dict[str, dict[bytes, bytes]] = {table: {} for table in TABLES}
+    seen: list[bytes] = []
+    if ends:
+        consumer.assign(list(ends))
+        await consumer.seek_to_beginning(*ends)
+        while ends:
+            for tp, records in (await consumer.getmany(*ends, timeout_ms=1000)).items():
+                name = tp.topic[: -len("-changelog")].rsplit("-", 1)[1]
+                table = raw[name]
+                for record in records:
+                    if record.key is None or record.value is None:
+                        continue
+                    if name == "seen":
+                        seen.append(record.value)
+                    else:
+                        table[record.key] = record.value
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    del ends[tp]
+            for tp in list(ends):
+                if await consumer.position(tp) >= ends[tp]:
+                    del ends[tp]
+    _load(store, raw, seen)
+    return store
+
+
+def _load(store: Store, raw: dict[str, dict[bytes, bytes]], seen: list[bytes]) -> None:
+    # Only the last value of each key is decoded: an uncompacted changelog repeats keys often.
+    for key, value in raw["tenants"].items():
+        store.tenants[key.decode()] = TenantState.model_validate_json(value)
+    for value in seen:
+        for dedupe_key, _month, offset in orjson.loads(value):
+            store.seen_keys[dedupe_key] = offset
+    for key, value in raw["barriers"].items():
+        store.barriers[key.decode()] = tuple(orjson.loads(value))
+    for key, value in raw["partitions"].items():
+        store.closed[int(key.decode()[1:])] = tuple(orjson.loads(value))
+
+
+def changelog_topics(app_id: str) -> list[str]:
+    return [changelog(app_id, table) for table in TABLES]
+
+
+def describe(store: Store) -> dict[str, Any]:
+    return {"tenants": len(store.tenants), "dedupe_keys": len(store.seen_keys)}

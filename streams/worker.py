@@ -1,0 +1,305 @@
+"""The stream worker: one aiokafka consumer in the group `METERING_APP_ID` over the three input
+topics, folding whole fetches at a time and owning its offset commits.
+
+Each fetch (up to `METERING_BATCH_SIZE` records) is decoded, folded by
+`projections.batch.fold_batch` into the in-memory `Store`, and its outputs are sent at once.
+Every `METERING_BATCH_WITHIN` seconds the worker flushes: it waits until the broker has the
+outputs, writes the changed state to the changelogs, waits again, and only then commits the
+offsets it has folded. A worker killed at any instant therefore restarts from a commit whose
+state and outputs are all in Kafka; what it folds again is recognised by the per-tenant
+applied offset and the dedupe entries (see the README's processing guarantee).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import signal
+import time
+import uuid
+from typing import Any, TypeAlias
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, IllegalStateError
+from prometheus_client import CollectorRegistry
+
+from billing.plan import Plan
+from metering.settings import Settings
+from observability.exposition import serve
+from observability.metrics import WorkerMetrics
+from projections.batch import BatchResult, fold_batch
+from projections.decode import check_system_event, decode
+from projections.events import Position
+from projections.months import auto_close_due
+from streams.commands import request_close
+from streams.kafka import ensure_changelogs, new_producer
+from streams.outputs import Outputs, load_emitted
+from streams.store import Store, restore
+
+log = logging.getLogger("metering.worker")
+
+FORWARDED_FROM = "metering-forwarded-from"
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+
+
+def position_of(record: Record) -> Position:
+    """Where a record sits; a forwarded licence record also names the topic it came from."""
+    origin = None
+    for name, value in record.headers or ():
+        if name == FORWARDED_FROM and value:
+            origin = bytes(value).decode().rsplit("/", 2)[0]
+    return Position(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        log_time=dt.datetime.fromtimestamp(record.timestamp / 1000, dt.UTC),
+        origin=origin,
+    )
+
+
+class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no types
+    def __init__(self, settings: Settings, plan: Plan) -> None:
+        self.settings = settings
+        self.plan = plan
+        self.topics = settings.topics
+        self.metrics = WorkerMetrics(CollectorRegistry())
+        self.store = Store()
+        self.barrier_topics = frozenset(self.topics.inputs)
+        self.stopping = asyncio.Event()
+        self.assigned = asyncio.Event()
+        # Held while a fetch is folded and while partitions move, so neither sees the other
+        # half-done; `generation` tells a fetch taken before a rebalance to be dropped.
+        self.lock = asyncio.Lock()
+        self.generation = 0
+        self.folded: dict[TopicPartition, int] = {}  # next offset to commit, per partition
+        self.pending: list[asyncio.Future[Any]] = []  # sends not yet acknowledged
+        self.last_flush = time.monotonic()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._outputs: Outputs | None = None
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError("the worker is not started")
+        return self._consumer
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("the worker is not started")
+        return self._producer
+
+    @property
+    def outputs(self) -> Outputs:
+        if self._outputs is None:
+            raise RuntimeError("the worker is not started")
+        return self._outputs
+
+    def consumer_config(self) -> dict[str, Any]:
+        settings = self.settings
+        session_ms = int(settings.kafka_session_timeout * 1000)
+        return {
+            "bootstrap_servers": settings.bootstrap(),
+            "group_id": settings.app_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "session_timeout_ms": session_ms,
+            "heartbeat_interval_ms": min(3000, session_ms // 3),
+            "max_poll_records": settings.batch_size,
+            "max_partition_fetch_bytes": 4 << 20,
+            **settings.kafka_options(),
+        }
+
+    # ConsumerRebalanceListener: called by aiokafka around every rebalance
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self.lock:
+            self.generation += 1
+            with contextlib.suppress(CommitFailedError, IllegalStateError):
+                await self.flush()
+            # Whatever was not committed is folded again by the partitions' next owner.
+            self.store = Store()
+            self.folded.clear()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        async with self.lock:
+            self.generation += 1
+            self.metrics.rebalances.inc()
+            partitions = {tp.partition for tp in assigned}
+            restorer = AIOKafkaConsumer(
+                bootstrap_servers=self.settings.bootstrap(), enable_auto_commit=False,
+                **self.settings.kafka_options(),
+            )  # fmt: skip
+            await restorer.start()
+            try:
+                self.store = await restore(restorer, self.settings.app_id, partitions)
+            finally:
+                await restorer.stop()
+            log.info("assigned partitions %s: %s", sorted(partitions), self.store_summary())
+            self.assigned.set()
+
+    def store_summary(self) -> str:
+        return f"{len(self.store.tenants)} tenants, {len(self.store.seen_keys)} dedupe keys"
+
+    async def flush(self) -> None:
+        """Outputs acknowledged, then state written and acknowledged, then offsets committed."""
+        if self.pending:
+            await asyncio.gather(*self.pending)
+            self.pending.clear()
+        if self.store.dirty:
+            await self.store.flush(self.producer, self.settings.app_id)
+        if self.folded:
+            await self.consumer.commit(dict(self.folded))
+            self.folded.clear()
+        self.last_flush = time.monotonic()
+
+    async def fold(self, fetched: dict[TopicPartition, list[Record]]) -> None:
+        usage: list[Record] = []
+        for tp, records in fetched.items():
+            if not records:
+                continue
+            if tp.topic == self.topics.usage:
+                usage.extend(records)
+            elif tp.topic == self.topics.licenses:
+                await self.forward(records)
+            else:
+                await self.check_system(records)
+            self.metrics.received.labels(tp.topic).inc(len(records))
+            self.folded[tp] = records[-1].offset + 1
+        if usage:
+            decoded = [decode(r.value, position_of(r), self.plan) for r in usage]
+            result = fold_batch(decoded, self.store, self.plan, self.barrier_topics)
+            await self.send(result)
+            self.store.apply(result)
+            self.metrics.observe(self.topics.usage, decoded, result, dt.datetime.now(dt.UTC))
+            if result.closes:
+                log.info("closed %s", ", ".join(f"{c.month} p{c.partition}" for c in result.closes))
+
+    async def send(self, result: BatchResult) -> None:
+        self.pending.extend(await self.outputs.send(result))
+
+    async def forward(self, records: list[Record]) -> None:
+        # Licence records are copied into the same partition of the usage topic, so that one
+        # partition's order decides which seats a usage event is rated with, live and on
+        # replay alike. Applying a copy twice (a restart, a replay) changes nothing.
+        for record in records:
+            origin = f"{record.topic}/{record.partition}/{record.offset}".encode()
+            self.pending.append(
+                await self.producer.send(
+                    self.topics.usage,
+                    record.value,
+                    key=record.key,
+                    partition=record.partition,
+                    headers=[(FORWARDED_FROM, origin)],
+                )
+            )
+
+    async def check_system(self, records: list[Record]) -> None:
+        # System events carry no billing state (the read model keeps their list); the worker
+        # only makes sure that none it could not read goes unnoticed: each is dead-lettered.
+        letters = [
+            letter for r in records if (letter := check_system_event(r.value, position_of(r)))
+        ]
+        self.metrics.dead_lettered([letter.reason for letter in letters])
+        if letters:
+            await self.send(BatchResult(dead_letters=letters))
+
+    async def consume(self) -> None:
+        interval = self.settings.batch_within
+        while not self.stopping.is_set():
+            generation = self.generation
+            fetched = await self.consumer.getmany(
+                timeout_ms=int(interval * 1000), max_records=self.settings.batch_size
+            )
+            async with self.lock:
+                if generation != self.generation:
+                    await self.rewind(fetched)
+                    continue
+                try:
+                    await self.fold(fetched)
+                    if time.monotonic() - self.last_flush >= interval:
+                        await self.flush()
+                except Exception:
+                    self.metrics.errors.labels("ingest").inc()
+                    raise
+
+    async def rewind(self, fetched: dict[TopicPartition, list[Record]]) -> None:
+        """Drop a fetch that a rebalance overtook; partitions still ours read it again.
+
+        The fetch may predate the rebalance (its records belong to the old state) or follow
+        it within the same `getmany`; either way the restored state matches the committed
+        offsets, so that is where reading resumes.
+        """
+        assigned = self.consumer.assignment()
+        for tp in fetched:
+            if tp not in assigned:
+                continue
+            committed = await self.consumer.committed(tp)
+            if committed is None or committed < 0:
+                await self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, committed)
+
+    async def auto_close(self) -> None:
+        grace = self.settings.auto_close_grace
+        if grace is None:
+            return
+        requested: set[str] = set()
+        while not self.stopping.is_set():
+            month = auto_close_due(dt.datetime.now(dt.UTC), grace, self.plan.zone)
+            if month is not None and month not in requested:
+                # A deterministic id: every worker and restart asks for the same close, which
+                # takes effect once per partition however often it is written.
+                await request_close(self.settings, month, f"auto-{month}", "auto-close")
+                requested.add(month)
+                log.info("requested automatic close of %s", month)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.settings.auto_close_check)
+
+    async def announce(self) -> None:
+        url = serve(self.metrics.registry, self.settings.metrics_host, self.settings.metrics_port)
+        log.info("metrics at %s", url)
+        await self.assigned.wait()
+        ready_file = self.settings.ready_file
+        if ready_file is not None:
+            ready_file.parent.mkdir(parents=True, exist_ok=True)
+            ready = {"ready": str(uuid.uuid4()), "metrics_url": url}
+            ready_file.write_text(json.dumps(ready) + "\n")
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stopping.set)
+        self._producer = new_producer(self.settings, linger_ms=5, max_batch_size=1 << 20)
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(**self.consumer_config())
+        try:
+            self._outputs = Outputs(self.producer, self.topics, await load_emitted(self.settings))
+            await self._consumer.start()
+            await ensure_changelogs(self.settings)
+            inputs = [*self.topics.inputs, self.topics.system]
+            self._consumer.subscribe(inputs, listener=self)
+            helpers = [asyncio.ensure_future(c) for c in (self.announce(), self.auto_close())]
+            try:
+                await self.consume()
+            finally:
+                for helper in helpers:
+                    helper.cancel()
+            async with self.lock:
+                with contextlib.suppress(CommitFailedError, IllegalStateError):
+                    await self.flush()
+        finally:
+            await self._consumer.stop()
+            await self._producer.stop()
+
+
+def run_worker(settings: Settings, plan: Plan) -> None:
+    """Run the worker in the foreground until SIGINT or SIGTERM."""
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="[%(asctime)s] [%(levelname)s] %(message)s"
+    )
+    asyncio.run(Worker(settings, plan).run())
