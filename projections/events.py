@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from schemas.usage import Service
+
+M = TypeVar("M", bound=BaseModel)
+_set = object.__setattr__
+
+
+def trusted(cls: type[M], **values: Any) -> M:
+    """A model from values already checked, with every field given: what `model_construct`
+    does for these models (no aliases, defaults or post-init), at a fifth of its cost. The
+    decoder builds one or two per record; the decode tests compare them with validated ones."""
+    model = cls.__new__(cls)
+    _set(model, "__dict__", values)
+    _set(model, "__pydantic_fields_set__", set(values))
+    _set(model, "__pydantic_extra__", None)
+    _set(model, "__pydantic_private__", None)
+    return model
 
 
 class Position(BaseModel):

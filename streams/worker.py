@@ -33,7 +33,7 @@ from observability.exposition import serve
 from observability.metrics import WorkerMetrics
 from projections.batch import BatchResult, fold_batch
 from projections.decode import check_system_event, decode
-from projections.events import Position
+from projections.events import Position, trusted
 from projections.months import auto_close_due
 from streams.commands import request_close
 from streams.kafka import ensure_changelogs, new_producer
@@ -52,7 +52,9 @@ def position_of(record: Record) -> Position:
     for name, value in record.headers or ():
         if name == FORWARDED_FROM and value:
             origin = bytes(value).decode().rsplit("/", 2)[0]
-    return Position(
+    # Built from the broker's own fields: nothing to validate, and it is done for every record.
+    return trusted(
+        Position,
         topic=record.topic,
         partition=record.partition,
         offset=record.offset,

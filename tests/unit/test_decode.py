@@ -6,10 +6,12 @@ import datetime as dt
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from billing.plan import load_plan
-from projections.decode import decode
-from projections.events import Position, UsageRecorded
+from projections.decode import _plain_usage, decode, validated
+from projections.events import Position, UsageRecorded, trusted
 from schemas.records import DeadLetter
 
 PLAN = load_plan()
@@ -130,3 +132,104 @@ def test_system_events_that_cannot_be_listed_are_dead_lettered() -> None:
     unknown = check_system_event(event(type="system.event.exploded", data=good), position)
     assert unknown is not None and unknown.reason == "unknown_type"
     assert unknown.id == "system-events/0/4"
+
+
+# Values that sit on and around every condition of the plain path.
+odd_text = st.one_of(
+    st.just(""), st.just("x" * 256), st.just("x" * 257), st.just(" t1 "), st.integers(0, 9),
+    st.none(), st.text(max_size=6),
+)  # fmt: skip
+times = st.one_of(
+    st.sampled_from([
+        "2026-10-10T12:00:00Z", "2026-10-10T12:00:00+02:00", "2026-10-31T23:30:00-01:00",
+        "2026-10-10T12:00:00.5Z", "2026-10-10T12:00:00.123456Z", "2026-10-10T12:00:00.1234567Z",
+        "2026-10-10 12:00:00Z", "2026-10-10T12:00:00", "2026-02-30T12:00:00Z",
+        "2026-10-10T24:00:00Z", "2026-10-10T23:59:60Z", "2026-10-10t12:00:00z",
+        "2026-07-01T00:00:00Z", "2026-11-01T12:04:59Z", "2026-11-01T12:05:01Z",
+        "2025-01-01T00:00:00Z", "2026-10-10T12:00:00-00:00", "2026-10-10T12:00:00+14:00",
+        "2026-10-10T12:00:00+24:00", "1999-01-01T00:00:00Z",
+    ]),
+    odd_text,
+)  # fmt: skip
+amounts = st.one_of(
+    st.integers(-2, 3), st.integers(2**63 - 2, 2**63), st.booleans(), st.floats(0, 5),
+    st.text(max_size=3), st.none(),
+)  # fmt: skip
+datas = st.one_of(
+    st.fixed_dictionaries({}, optional={"quantity": amounts, "bytes": amounts, "x": st.just(1)}),
+    st.sampled_from([None, [], "x", 3]),
+)  # fmt: skip
+types = st.sampled_from([
+    "metering.mailing.sent", "metering.storage.measured", "metering.form.submitted",
+    "metering.chat.started", "metering.customer_center.login", "licensing.tenant.registered",
+    "metering.unknown", "", None,
+])  # fmt: skip
+
+
+MUTATIONS = {
+    "specversion": st.sampled_from(["0.3", 1.0, ""]),
+    "id": odd_text,
+    "source": odd_text,
+    "subject": odd_text,
+    "type": types,
+    "time": times,
+    "data": datas,
+    "traceparent": st.just("00-abc"),
+}
+_DELETE = object()
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    type_=types.filter(lambda t: t is not None and t.startswith("metering.")),
+    amount=st.integers(0, 10**12),
+    changes=st.dictionaries(
+        st.sampled_from(sorted(MUTATIONS)),
+        st.just(_DELETE),
+        max_size=2,
+    ).flatmap(
+        lambda picked: st.fixed_dictionaries(
+            {k: st.one_of(st.just(_DELETE), MUTATIONS[k]) for k in picked}
+        )
+    ),
+    log_day=st.sampled_from([1, 20]),
+)
+def test_the_plain_path_decides_as_the_models_do(
+    type_: str, amount: int, changes: dict[str, object], log_day: int
+) -> None:
+    """A valid usage event with up to two fields changed or removed: the plain path and the
+    models must agree on every one (accepted alike, or rejected with the same reason)."""
+    field = "bytes" if type_ == "metering.storage.measured" else "quantity"
+    obj: dict[str, object] = {
+        "specversion": "1.0", "id": "e1", "source": "crm/mail", "type": type_,
+        "subject": "tenant-1", "time": "2026-10-10T12:00:00Z", "data": {field: amount},
+    }  # fmt: skip
+    for key, change in changes.items():
+        if change is _DELETE:
+            obj.pop(key, None)
+        elif change is not None:
+            obj[key] = change
+    value = orjson.dumps(obj)
+    log_time = dt.datetime(2026, 11 if log_day == 1 else 10, log_day, 12, tzinfo=dt.UTC)
+    position = Position(topic="usage-events", partition=2, offset=7, log_time=log_time)
+    fast = decode(value, position, PLAN)
+    slow = validated(value, orjson.loads(value), position, PLAN)
+    assert fast == slow
+    assert type(fast) is type(slow) and fast.model_dump_json() == slow.model_dump_json()
+
+
+def test_the_plain_path_takes_the_common_shape() -> None:
+    """Without this the test above would also pass if the plain path never accepted."""
+    position = Position(topic="usage-events", partition=2, offset=7, log_time=LOG_TIME)
+    assert _plain_usage(orjson.loads(event()), position, PLAN) is not None
+    assert _plain_usage(orjson.loads(event(data={"quantity": 0})), position, PLAN) is None
+
+
+def test_trusted_positions_equal_validated_ones() -> None:
+    fields = {
+        "topic": "usage-events", "partition": 3, "offset": 11, "log_time": LOG_TIME,
+        "origin": "licenses",
+    }  # fmt: skip
+    made = trusted(Position, **fields)
+    assert made == Position(**fields) and made.barrier_topic == "licenses"
+    assert made.model_dump_json() == Position(**fields).model_dump_json()
