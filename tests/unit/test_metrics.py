@@ -6,11 +6,11 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 
 from billing.plan import load_plan
 from observability.figures import figures, windows
-from observability.metrics import WorkerMetrics
+from observability.metrics import LAG_BUCKETS, WorkerMetrics, observe_many
 from projections.batch import fold_batch
 from projections.memory import MemoryState
 from schemas.usage import Service
@@ -103,3 +103,26 @@ def test_worker_counts_a_batch_by_service_and_outcome() -> None:
     assert value("metering_batch_size_count") == 1
     assert value("metering_processing_lag_seconds_count", clock="event") == 3
     assert value("metering_dead_letters_total", reason="too_late") == 0
+
+
+@pytest.mark.parametrize(
+    "values", [[], [0.0], [-1.0, 0.05, 0.0501, 7.5, 86400.0, 1e9], [0.1] * 5 + [2.5, 3600.0]]
+)
+def test_observe_many_exposes_what_observe_would(values: list[float]) -> None:
+    one, many = CollectorRegistry(), CollectorRegistry()
+    single = Histogram("lag", "lag", buckets=LAG_BUCKETS, registry=one)
+    bulk = Histogram("lag", "lag", buckets=LAG_BUCKETS, registry=many)
+    for value in values:
+        single.observe(max(0.0, value))
+    observe_many(bulk, values)
+    assert samples(many) == samples(one)
+    assert samples(one)[("lag_count", "")] == len(values)
+
+
+def samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+    return {
+        (s.name, s.labels.get("le", "")): s.value
+        for family in registry.collect()
+        for s in family.samples
+        if not s.name.endswith("_created")
+    }
