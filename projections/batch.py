@@ -24,9 +24,9 @@ from projections.invoicing import close_month
 from projections.tenant import (
     ServiceMonth,
     TenantState,
+    Triggers,
     apply_licence,
     crossings_at,
-    next_crossing_at,
     stable_id,
 )
 from schemas.records import DeadLetter, InvoiceLine, MonthClosed, ThresholdCrossed
@@ -83,12 +83,12 @@ class _Counting:
         self.running: dict[tuple[str, Service], _Running] = {}
         self.applied = state.applied_through
 
-    def count(self, event: UsageRecorded, plan: Plan) -> list[ThresholdCrossed]:
+    def count(self, event: UsageRecorded, triggers: Triggers) -> list[ThresholdCrossed]:
         key = (event.month, event.service)
         running = self.running.get(key)
         if running is None:
             before = self.state.usage.get(event.month, {}).get(event.service)
-            trigger = next_crossing_at(self.state, event.month, event.service, plan)
+            trigger = triggers.at(self.state, event.month, event.service)
             running = self.running[key] = _Running(before, trigger)
         offset = event.position.offset
         if event.service is Service.STORAGE:
@@ -101,7 +101,7 @@ class _Counting:
         self.applied = offset
         if running.value < running.trigger:
             return []
-        self.state, crossings = crossings_at(self.settle(), event, plan)
+        self.state, crossings = crossings_at(self.settle(), event, triggers.plan)
         self.running.clear()
         return crossings
 
@@ -124,9 +124,10 @@ class _Counting:
 
 
 class _Batch:
-    def __init__(self, view: StateView, plan: Plan, barrier_topics: frozenset[str]) -> None:
+    def __init__(self, view: StateView, triggers: Triggers, barrier_topics: frozenset[str]) -> None:
         self.view = view
-        self.plan = plan
+        self.plan = triggers.plan
+        self.triggers = triggers
         self.barrier_topics = barrier_topics
         self.out = BatchResult()
         self.counting: dict[str, _Counting] = {}
@@ -183,7 +184,7 @@ class _Batch:
         # Claimed by this very record: its dedupe entry was written before a kill, the
         # tenant's state was not. It has not been counted yet.
         self.out.seen[key] = (event.position.partition, event.month, offset)
-        self.out.crossings.extend(counting.count(event, self.plan))
+        self.out.crossings.extend(counting.count(event, self.triggers))
         self.out.outcomes[(event.service.value, "accepted")] += 1
 
     def licence(self, event: LicenceSnapshotTaken) -> None:
@@ -243,10 +244,15 @@ def fold_batch(
     view: StateView,
     plan: Plan,
     barrier_topics: frozenset[str],
+    triggers: Triggers | None = None,
 ) -> BatchResult:
     """Apply records in log order; `barrier_topics` must all deliver a close marker in a
-    partition before the close takes effect there."""
-    batch = _Batch(view, plan, barrier_topics)
+    partition before the close takes effect there. A worker passes the same `triggers` to
+    every batch (of the same plan), so that a tenant's levels are not worked out anew each
+    time."""
+    if triggers is None or triggers.plan is not plan:
+        triggers = Triggers(plan)
+    batch = _Batch(view, triggers, barrier_topics)
     for item in items:
         if isinstance(item, UsageRecorded):
             batch.usage(item)

@@ -124,6 +124,32 @@ def next_crossing_at(state: TenantState, month: str, service: Service, plan: Pla
     return min(candidates)
 
 
+class Triggers:
+    """`next_crossing_at`, remembered across batches for the same plan.
+
+    A trigger only changes when the tenant's crossings or seat snapshots do, and both are
+    immutable: a new crossing or snapshot makes a new object. An entry is reused while the
+    state holds the very objects it was computed from (it keeps them alive, so identities
+    cannot be reused). Usage that grew meanwhile without reaching the trigger changes
+    nothing; reaching it makes a crossing, hence a new object."""
+
+    def __init__(self, plan: Plan, limit: int = 500_000) -> None:
+        self.plan = plan
+        self.limit = limit
+        self._memo: dict[tuple[str, str, Service], tuple[object, object, int]] = {}
+
+    def at(self, state: TenantState, month: str, service: Service) -> int:
+        key = (state.tenant, month, service)
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] is state.crossings and hit[1] is state.snapshots:
+            return hit[2]
+        trigger = next_crossing_at(state, month, service, self.plan)
+        if len(self._memo) >= self.limit:
+            self._memo.clear()
+        self._memo[key] = (state.crossings, state.snapshots, trigger)
+        return trigger
+
+
 def crossing_id(tenant: str, service: Service, month: str, level: str, n: int | None) -> str:
     return stable_id("crossing", tenant, service.value, month, level, str(n or ""))
 

@@ -35,6 +35,7 @@ from projections.batch import BatchResult, fold_batch
 from projections.decode import check_system_event, decode
 from projections.events import Position, trusted
 from projections.months import auto_close_due
+from projections.tenant import Triggers
 from streams.commands import request_close
 from streams.kafka import ensure_changelogs, new_producer
 from streams.outputs import Outputs, load_emitted
@@ -71,6 +72,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
         self.metrics = WorkerMetrics(CollectorRegistry())
         self.store = Store()
         self.barrier_topics = frozenset(self.topics.inputs)
+        self.triggers = Triggers(plan)
         self.stopping = asyncio.Event()
         self.assigned = asyncio.Event()
         # Held while a fetch is folded and while partitions move, so neither sees the other
@@ -174,7 +176,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
             self.folded[tp] = records[-1].offset + 1
         if usage:
             decoded = [decode(r.value, position_of(r), self.plan) for r in usage]
-            result = fold_batch(decoded, self.store, self.plan, self.barrier_topics)
+            result = fold_batch(decoded, self.store, self.plan, self.barrier_topics, self.triggers)
             await self.send(result)
             self.store.apply(result)
             self.metrics.observe(self.topics.usage, decoded, result, dt.datetime.now(dt.UTC))

@@ -16,6 +16,7 @@ from projections.months import auto_close_due, months_until
 from projections.tenant import (
     Snapshot,
     TenantState,
+    Triggers,
     apply_licence,
     apply_usage,
     users_in_month,
@@ -175,12 +176,36 @@ def test_a_batch_decides_exactly_what_single_events_decide(items: list, cut: int
     expected_states, expected_crossings = one_by_one(log)
     state = MemoryState()
     crossings = []
+    triggers = Triggers(PLAN)  # shared, as the worker shares it
     for batch in (log[:cut], log[cut:]):
-        result = fold_batch(batch, state, PLAN, BARRIER)
+        result = fold_batch(batch, state, PLAN, BARRIER, triggers)
         state.commit(result)
         crossings.extend(result.crossings)
     assert crossings == expected_crossings
     assert state.tenants == expected_states
+
+
+def test_a_later_snapshot_that_lowers_the_band_moves_the_next_level_down() -> None:
+    """Remembered levels must follow the seats: 120 users put the warning at 2,550 forms;
+    a snapshot of 10 users in force from October puts it at 850, which 900 then reaches."""
+    sep = dt.datetime(2026, 9, 1, tzinfo=UTC)
+    log = logged(
+        [
+            licence(120, sep),
+            usage(Service.FORM, 500, id="a"),
+            licence(10, sep + dt.timedelta(days=14)),
+            usage(Service.FORM, 400, id="b"),
+        ],
+        {},
+    )
+    _, expected = one_by_one(log)
+    assert [(c.level, c.usage) for c in expected] == [("warning", 900)]
+    state, triggers, crossings = MemoryState(), Triggers(PLAN), []
+    for batch in ([log[0], log[1]], [log[2]], [log[3]]):
+        result = fold_batch(batch, state, PLAN, BARRIER, triggers)
+        state.commit(result)
+        crossings.extend(result.crossings)
+    assert crossings == expected
 
 
 @settings(max_examples=80, deadline=None)
