@@ -111,8 +111,18 @@ class Settings(BaseSettings):
     auto_close_check: float = Field(
         default=60.0, gt=0, description="Seconds between checks for a month to close."
     )
-    batch_size: int = Field(default=2000, ge=1, le=100_000)
-    batch_within: float = Field(default=0.1, gt=0, le=10)
+    batch_size: int = Field(
+        default=5000, ge=1, le=100_000, description="Most records a worker folds at once."
+    )
+    batch_within: float = Field(
+        default=0.1, gt=0, le=10, description="Seconds a worker waits to fill a fetch."
+    )
+    commit_interval: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Seconds between a worker's flushes (outputs, changelogs, offsets).",
+    )
     query_timeout: float = Field(default=60.0, gt=0)
     duckdb_path: Path | None = Field(
         default=None, description="The read model; default <data dir>/metering.duckdb."

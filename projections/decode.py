@@ -175,7 +175,8 @@ def _plain_usage(obj: Any, position: Position, plan: Plan) -> UsageRecorded | No
     compares the two on valid and mangled events."""
     if type(obj) is not dict or obj.get("specversion") != "1.0":
         return None
-    service = USAGE_TYPES.get(obj.get("type"))  # type: ignore[arg-type]
+    type_ = obj.get("type")
+    service = USAGE_TYPES.get(type_) if type(type_) is str else None
     id_, source, subject, time, data = (
         obj.get("id"), obj.get("source"), obj.get("subject"), obj.get("time"), obj.get("data"),
     )  # fmt: skip

@@ -3,7 +3,7 @@ topics, folding whole fetches at a time and owning its offset commits.
 
 Each fetch (up to `METERING_BATCH_SIZE` records) is decoded, folded by
 `projections.batch.fold_batch` into the in-memory `Store`, and its outputs are sent at once.
-Every `METERING_BATCH_WITHIN` seconds the worker flushes: it waits until the broker has the
+Every `METERING_COMMIT_INTERVAL` seconds the worker flushes: it waits until the broker has the
 outputs, writes the changed state to the changelogs, waits again, and only then commits the
 offsets it has folded. A worker killed at any instant therefore restarts from a commit whose
 state and outputs are all in Kafka; what it folds again is recognised by the per-tenant
@@ -213,11 +213,11 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
             await self.send(BatchResult(dead_letters=letters))
 
     async def consume(self) -> None:
-        interval = self.settings.batch_within
+        wait, interval = self.settings.batch_within, self.settings.commit_interval
         while not self.stopping.is_set():
             generation = self.generation
             fetched = await self.consumer.getmany(
-                timeout_ms=int(interval * 1000), max_records=self.settings.batch_size
+                timeout_ms=int(wait * 1000), max_records=self.settings.batch_size
             )
             async with self.lock:
                 if generation != self.generation:

@@ -162,7 +162,7 @@ datas = st.one_of(
 types = st.sampled_from([
     "metering.mailing.sent", "metering.storage.measured", "metering.form.submitted",
     "metering.chat.started", "metering.customer_center.login", "licensing.tenant.registered",
-    "metering.unknown", "", None,
+    "metering.unknown", "", None, ["metering.mailing.sent"], {"a": 1}, 7,
 ])  # fmt: skip
 
 
@@ -181,7 +181,7 @@ _DELETE = object()
 
 @settings(max_examples=1500, deadline=None)
 @given(
-    type_=types.filter(lambda t: t is not None and t.startswith("metering.")),
+    type_=types.filter(lambda t: isinstance(t, str) and t.startswith("metering.")),
     amount=st.integers(0, 10**12),
     changes=st.dictionaries(
         st.sampled_from(sorted(MUTATIONS)),
