@@ -23,6 +23,7 @@ from metering.settings import Settings
 from projections.tenant import TenantState
 from schemas.usage import USAGE_TYPES
 from streams.kafka import read_all
+from streams.progress import wait_for_workers
 from tests.conftest import Stack
 
 EVENTS = int(os.environ.get("METERING_FAULT_EVENTS") or 20_000)
@@ -92,8 +93,15 @@ def sql(stack: Stack, query: str) -> list[dict[str, Any]]:
 
 
 def worker_state(stack: Stack) -> dict[str, Any]:
-    """The worker's own tenant states, as its changelog holds them (last write per key)."""
-    settings = Settings(kafka_bootstrap=stack.env["METERING_KAFKA_BOOTSTRAP"])
+    """The worker's own tenant states, as its changelog holds them (last write per key),
+    once the worker has committed everything: it writes state before it commits, so a close
+    it has acknowledged may reach its changelog up to a flush later."""
+    settings = Settings(
+        kafka_bootstrap=stack.env["METERING_KAFKA_BOOTSTRAP"],
+        topic_prefix=stack.env["METERING_TOPIC_PREFIX"],
+        app_id=stack.env["METERING_APP_ID"],
+    )
+    asyncio.run(wait_for_workers(settings, 120))
     topic = f"{stack.env['METERING_APP_ID']}-tenants-changelog"
     latest: dict[bytes, bytes | None] = {}
     for record in asyncio.run(read_all(settings, topic)):
@@ -178,7 +186,11 @@ def differences(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
             if isinstance(expected[part], dict):
                 keys = set(expected[part]) | set(found[part])
                 bad = sorted(k for k in keys if expected[part].get(k) != found[part].get(k))
-                diffs.append(f"{part}: {len(bad)} keys differ, e.g. {bad[:3]}")
+                first = bad[0]
+                diffs.append(
+                    f"{part}: {len(bad)} keys differ, e.g. {bad[:3]}; {first} expected "
+                    f"{expected[part].get(first)} found {found[part].get(first)}"
+                )
             else:
                 missing = [r for r in expected[part] if r not in found[part]]
                 extra = [r for r in found[part] if r not in expected[part]]
