@@ -133,7 +133,7 @@ class Triggers:
     cannot be reused). Usage that grew meanwhile without reaching the trigger changes
     nothing; reaching it makes a crossing, hence a new object."""
 
-    def __init__(self, plan: Plan, limit: int = 500_000) -> None:
+    def __init__(self, plan: Plan, limit: int = 100_000) -> None:
         self.plan = plan
         self.limit = limit
         self._memo: dict[tuple[str, str, Service], tuple[object, object, int]] = {}

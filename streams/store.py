@@ -22,16 +22,17 @@ import asyncio
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from projections.batch import BatchResult
 from projections.tenant import TenantState
+from streams.seen import SeenIndex
 
 TABLES = ("tenants", "seen", "barriers", "partitions")
 COMPACTED = {"cleanup.policy": "compact"}
+SEEN_PER_RECORD = 4000
 
 
 def changelog(app_id: str, table: str) -> str:
@@ -39,11 +40,14 @@ def changelog(app_id: str, table: str) -> str:
 
 
 class Store:
-    """State of the assigned partitions, and what changed since the last flush."""
+    """State of the assigned partitions, and what changed since the last flush. Dedupe
+    entries live in a `SeenIndex` on disk; `prefetch` reads a batch's keys in a few queries."""
 
-    def __init__(self) -> None:
+    def __init__(self, index: SeenIndex) -> None:
         self.tenants: dict[str, TenantState] = {}
-        self.seen_keys: dict[str, int] = {}
+        self.index = index
+        self._known: dict[str, int] = {}
+        self._asked: set[str] = set()
         self.barriers: dict[str, tuple[str, ...]] = {}
         self.closed: dict[int, tuple[str, ...]] = {}
         self._dirty_tenants: set[str] = set()
@@ -59,7 +63,16 @@ class Store:
         return [t for t, s in self.tenants.items() if s.partition == partition]
 
     def seen(self, key: str) -> int | None:
-        return self.seen_keys.get(key)
+        if key in self._known:
+            return self._known[key]
+        if key in self._asked:
+            return None
+        return self.index.get(key)
+
+    def prefetch(self, keys: Iterable[str]) -> None:
+        """Look up a batch's dedupe keys at once, before the fold asks for them one by one."""
+        self._asked = set(keys)
+        self._known = self.index.get_many(self._asked)
 
     def barrier(self, key: str) -> tuple[str, ...]:
         return self.barriers.get(key, ())
@@ -72,8 +85,9 @@ class Store:
         self.tenants.update(result.tenants)
         self._dirty_tenants.update(result.tenants)
         for key, (partition, month, offset) in result.seen.items():
-            self.seen_keys[key] = offset
+            self._known[key] = offset
             self._new_seen[partition].append((key, month, offset))
+        self.index.add((key, offset) for key, (_, _, offset) in result.seen.items())
         self.barriers.update(result.barriers)
         self._dirty_barriers.update(result.barriers)
         self.closed.update(result.partition_closed)
@@ -97,8 +111,12 @@ class Store:
             state = self.tenants[tenant]
             await put("tenants", state.partition, tenant, state.model_dump_json().encode())
         for partition, entries in self._new_seen.items():
-            span = f"{min(e[2] for e in entries)}-{max(e[2] for e in entries)}/{uuid.uuid4().hex}"
-            await put("seen", partition, span, orjson.dumps(entries))
+            # A second of a busy partition holds tens of thousands of entries: split, so that
+            # no record comes near Kafka's 1 MB message limit (~70 bytes per entry).
+            for start in range(0, len(entries), SEEN_PER_RECORD):
+                chunk = entries[start : start + SEEN_PER_RECORD]
+                span = f"{chunk[0][2]}-{chunk[-1][2]}/{uuid.uuid4().hex}"
+                await put("seen", partition, span, orjson.dumps(chunk))
         for key in self._dirty_barriers:
             partition = int(key.rsplit("\x1f", 1)[1])
             await put("barriers", partition, key, orjson.dumps(self.barriers[key]))
@@ -113,16 +131,18 @@ class Store:
         return len(pending)
 
 
-async def restore(consumer: AIOKafkaConsumer, app_id: str, partitions: Iterable[int]) -> Store:
-    """A store holding what the changelogs say about `partitions` (read to their end)."""
+async def restore(
+    consumer: AIOKafkaConsumer, app_id: str, partitions: Iterable[int], index: SeenIndex
+) -> Store:
+    """A store holding what the changelogs say about `partitions` (read to their end), its
+    dedupe entries in `index`."""
     wanted = sorted(set(partitions))
     tps = [TopicPartition(changelog(app_id, t), p) for t in TABLES for p in wanted]
-    store = Store()
+    store = Store(index)
     if not tps:
         return store
     ends = {tp: end for tp, end in (await consumer.end_offsets(tps)).items() if end > 0}
     raw: dict[str, dict[bytes, bytes]] = {table: {} for table in TABLES}
-    seen: list[bytes] = []
     if ends:
         consumer.assign(list(ends))
         await consumer.seek_to_beginning(*ends)
@@ -134,7 +154,7 @@ async def restore(consumer: AIOKafkaConsumer, app_id: str, partitions: Iterable[
                     if record.key is None or record.value is None:
                         continue
                     if name == "seen":
-                        seen.append(record.value)
+                        index.add((key, offset) for key, _, offset in orjson.loads(record.value))
                     else:
                         table[record.key] = record.value
                 if records and records[-1].offset + 1 >= ends[tp]:
@@ -142,17 +162,14 @@ async def restore(consumer: AIOKafkaConsumer, app_id: str, partitions: Iterable[
             for tp in list(ends):
                 if await consumer.position(tp) >= ends[tp]:
                     del ends[tp]
-    _load(store, raw, seen)
+    _load(store, raw)
     return store
 
 
-def _load(store: Store, raw: dict[str, dict[bytes, bytes]], seen: list[bytes]) -> None:
+def _load(store: Store, raw: dict[str, dict[bytes, bytes]]) -> None:
     # Only the last value of each key is decoded: an uncompacted changelog repeats keys often.
     for key, value in raw["tenants"].items():
         store.tenants[key.decode()] = TenantState.model_validate_json(value)
-    for value in seen:
-        for dedupe_key, _month, offset in orjson.loads(value):
-            store.seen_keys[dedupe_key] = offset
     for key, value in raw["barriers"].items():
         store.barriers[key.decode()] = tuple(orjson.loads(value))
     for key, value in raw["partitions"].items():
@@ -161,7 +178,3 @@ def _load(store: Store, raw: dict[str, dict[bytes, bytes]], seen: list[bytes]) -
 
 def changelog_topics(app_id: str) -> list[str]:
     return [changelog(app_id, table) for table in TABLES]
-
-
-def describe(store: Store) -> dict[str, Any]:
-    return {"tenants": len(store.tenants), "dedupe_keys": len(store.seen_keys)}

@@ -33,12 +33,13 @@ from observability.exposition import serve
 from observability.metrics import WorkerMetrics
 from projections.batch import BatchResult, fold_batch
 from projections.decode import check_system_event, decode
-from projections.events import Position, trusted
+from projections.events import Position, UsageRecorded, trusted
 from projections.months import auto_close_due
 from projections.tenant import Triggers
 from streams.commands import request_close
 from streams.kafka import ensure_changelogs, new_producer
 from streams.outputs import Outputs, load_emitted
+from streams.seen import SeenIndex, index_path
 from streams.store import Store, restore
 
 log = logging.getLogger("metering.worker")
@@ -70,7 +71,8 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
         self.plan = plan
         self.topics = settings.topics
         self.metrics = WorkerMetrics(CollectorRegistry())
-        self.store = Store()
+        self._index: SeenIndex | None = None  # built by run(): it is a file
+        self._store: Store | None = None
         self.barrier_topics = frozenset(self.topics.inputs)
         self.triggers = Triggers(plan)
         self.stopping = asyncio.Event()
@@ -97,6 +99,12 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
         if self._producer is None:
             raise RuntimeError("the worker is not started")
         return self._producer
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise RuntimeError("the worker is not started")
+        return self._store
 
     @property
     def outputs(self) -> Outputs:
@@ -126,7 +134,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
             with contextlib.suppress(CommitFailedError, IllegalStateError):
                 await self.flush()
             # Whatever was not committed is folded again by the partitions' next owner.
-            self.store = Store()
+            self._store = Store(self.new_index())
             self.folded.clear()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -140,14 +148,22 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
             )  # fmt: skip
             await restorer.start()
             try:
-                self.store = await restore(restorer, self.settings.app_id, partitions)
+                index = self.new_index()
+                self._store = await restore(restorer, self.settings.app_id, partitions, index)
             finally:
                 await restorer.stop()
             log.info("assigned partitions %s: %s", sorted(partitions), self.store_summary())
             self.assigned.set()
 
+    def new_index(self) -> SeenIndex:
+        """An empty dedupe index in place of the current one (a rebalance rebuilds it)."""
+        if self._index is not None:
+            self._index.close()
+        self._index = SeenIndex(index_path(self.settings.data_dir, self.settings.app_id))
+        return self._index
+
     def store_summary(self) -> str:
-        return f"{len(self.store.tenants)} tenants, {len(self.store.seen_keys)} dedupe keys"
+        return f"{len(self.store.tenants)} tenants, {self.store.index.count} dedupe keys"
 
     async def flush(self) -> None:
         """Outputs acknowledged, then state written and acknowledged, then offsets committed."""
@@ -176,6 +192,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
             self.folded[tp] = records[-1].offset + 1
         if usage:
             decoded = [decode(r.value, position_of(r), self.plan) for r in usage]
+            self.store.prefetch(e.dedupe_key for e in decoded if isinstance(e, UsageRecorded))
             result = fold_batch(decoded, self.store, self.plan, self.barrier_topics, self.triggers)
             await self.send(result)
             self.store.apply(result)
@@ -278,6 +295,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
+        self._store = Store(self.new_index())
         self._producer = new_producer(self.settings, linger_ms=5, max_batch_size=1 << 20)
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(**self.consumer_config())
@@ -299,6 +317,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
         finally:
             await self._consumer.stop()
             await self._producer.stop()
+            self.store.index.close()
 
 
 def run_worker(settings: Settings, plan: Plan) -> None:

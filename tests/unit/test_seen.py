@@ -1,0 +1,83 @@
+"""The worker's dedupe index on disk, and the store's batched lookups through it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from projections.batch import BatchResult
+from streams.seen import SeenIndex, index_path
+from streams.store import Store
+
+
+def test_entries_are_facts_a_repeat_does_not_change(tmp_path: Path) -> None:
+    index = SeenIndex(tmp_path / "seen.sqlite")
+    index.add([("t1\x1fcrm\x1fa", 5), ("t1\x1fcrm\x1fb", 6)])
+    index.add([("t1\x1fcrm\x1fa", 99)])  # claimed again after a restart: the first claim stays
+    assert index.get("t1\x1fcrm\x1fa") == 5 and index.get("nope") is None
+    assert index.get_many(["t1\x1fcrm\x1fb", "nope", "t1\x1fcrm\x1fa"] * 400) == {
+        "t1\x1fcrm\x1fa": 5,
+        "t1\x1fcrm\x1fb": 6,
+    }
+    assert index.count == 2
+    index.close()
+    assert not (tmp_path / "seen.sqlite").exists()
+
+
+def test_a_batch_sees_its_prefetched_keys_and_what_it_claims(tmp_path: Path) -> None:
+    store = Store(SeenIndex(tmp_path / "seen.sqlite"))
+    store.index.add([("old", 1)])
+    store.prefetch(["old", "new"])
+    assert store.seen("old") == 1 and store.seen("new") is None
+    store.apply(BatchResult(seen={"new": (0, "2026-10", 7)}))
+    assert store.seen("new") == 7  # the next batch of the same fetch must see the claim
+    store.prefetch(["other"])
+    assert store.seen("new") == 7  # not prefetched: asked of the index itself
+    assert store.index.get("new") == 7
+
+
+def test_index_files_of_dead_workers_are_removed(tmp_path: Path) -> None:
+    folder = tmp_path / "worker"
+    folder.mkdir()
+    dead = folder / "app.999999999.seen.sqlite"
+    alive = folder / f"app.{os.getppid()}.seen.sqlite"
+    other = folder / "other.999999999.seen.sqlite"
+    for path in (dead, alive, other):
+        path.write_text("")
+    assert index_path(tmp_path, "app") == folder / f"app.{os.getpid()}.seen.sqlite"
+    assert not dead.exists() and alive.exists() and other.exists()
+
+
+class RecordingProducer:
+    """Collects what a flush sends; the real producer is exercised by every stack test."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes, int]] = []
+
+    async def send(self, topic: str, value: bytes, key: bytes, partition: int) -> Any:
+        self.sent.append((topic, key, value, partition))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+async def test_a_busy_flush_splits_dedupe_entries_below_the_message_limit(tmp_path: Path) -> None:
+    store = Store(SeenIndex(tmp_path / "seen.sqlite"))
+    claims = {
+        f"tenant-{n % 97}\x1fcrm/chat\x1f{'x' * 40}-{n}": (3, "2026-10", n) for n in range(20_001)
+    }
+    store.apply(BatchResult(seen=claims))
+    producer = RecordingProducer()
+    await store.flush(producer, "app")
+    records = [
+        (key, value) for topic, key, value, p in producer.sent if topic == "app-seen-changelog"
+    ]
+    assert all(p == 3 for _, _, _, p in producer.sent)
+    assert len(records) == 6 and all(len(value) < 1_000_000 for _, value in records)
+    assert len({key for key, _ in records}) == 6
+    entries = [entry for _, value in records for entry in orjson.loads(value)]
+    assert sorted(e[0] for e in entries) == sorted(claims)
