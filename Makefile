@@ -55,11 +55,13 @@ soak: install kafka ## The fault suite at full size: 500,000 events per run, 5 k
 demo: install kafka ## Run the demo: local stack, a generated month, close, invoice, stop
 	scripts/demo.sh
 
-bench: install kafka ## Benchmarks at full size (10M events for the read model; long)
+bench: install kafka ## Benchmarks at full size (2M events end to end, 5M for memory, 10M read model; long)
+	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.readmodel --events 10000000
 	$(BIN)/python -m bench.ingest
 
 bench-quick: install kafka ## Benchmarks at a size that only checks the harness (CI)
+	$(BIN)/python -m bench.pipeline --quick
 	$(BIN)/python -m bench.readmodel --quick
 	$(BIN)/python -m bench.ingest --quick
 

@@ -36,7 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.load import Load, build_load, fast_producer, fresh_ids, produce_all, produce_steady
 from bench.report import report
-from bench.stack import Component, environment, histogram_quantile, start
+from bench.stack import Component, cpu_seconds, environment, histogram_quantile, start
 from metering.broker import start_broker
 from metering.settings import Settings
 from projections.months import month_of, previous_month
@@ -107,7 +107,11 @@ class Watch:
         return worker_at, model_at
 
 
-async def end_to_end(settings: Settings, load: Load, watch: Watch) -> dict[str, float]:
+async def end_to_end(
+    settings: Settings, load: Load, watch: Watch, cpu: dict[str, int]
+) -> dict[str, float]:
+    """`cpu` names the processes (pid) whose CPU time per event is reported as well: on a
+    2-core machine the sum of those is what bounds the rate."""
     topics = settings.topics
     total = len(load.usage)
     sent = 0
@@ -118,6 +122,8 @@ async def end_to_end(settings: Settings, load: Load, watch: Watch) -> dict[str, 
         if sent % 200_000 < n:
             say(f"  end to end: produced {sent:,} of {total:,}")
 
+    before = {name: cpu_seconds(pid) for name, pid in cpu.items()}
+    own_before = time.process_time()
     async with watch:
         client = fast_producer(settings)
         await client.start()
@@ -130,7 +136,12 @@ async def end_to_end(settings: Settings, load: Load, watch: Watch) -> dict[str, 
             await client.stop()
         worker_at, model_at = await watch.until_caught_up(settings.app_id, "end to end", total)
     done = max(worker_at, model_at)
-    return {
+    used = {
+        f"cpu_us_per_event_{name}": (cpu_seconds(pid) - before[name]) / total * 1e6
+        for name, pid in cpu.items()
+    }
+    used["cpu_us_per_event_producer"] = (time.process_time() - own_before) / total * 1e6
+    return used | {
         "e2e_usage_events": total,
         "e2e_duplicate_share": load.duplicate_share,
         "e2e_produce_events_per_s": total / (produced - started),
@@ -296,11 +307,19 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         components.append(worker)
         figures: dict[str, Any] = {"tenants": args.tenants, "partitions": args.partitions}
         say("end to end")
-        figures.update(asyncio.run(end_to_end(settings, load, Watch(settings, api_url))))
+        cpu = {
+            "worker": worker.process.pid,
+            "read_model": components[0].process.pid,
+            "broker": broker.process.pid,
+        }
+        figures.update(asyncio.run(end_to_end(settings, load, Watch(settings, api_url), cpu)))
         figures["worker_peak_rss_mib"] = worker.peak_rss_mib()
         say("baseline: plain aiokafka consumer")
         figures.update(asyncio.run(baseline(settings)))
-        figures["e2e_vs_baseline"] = figures["e2e_events_per_s"] / figures["baseline_events_per_s"]
+        for name in ("e2e", "e2e_worker", "e2e_read_model", "e2e_produce"):
+            figures[f"{name}_vs_baseline"] = (
+                figures[f"{name}_events_per_s"] / figures["baseline_events_per_s"]
+            )
         say(f"latency at {args.rate:,.0f} events/s for {args.seconds:g} s")
         watch = Watch(settings, api_url)
         figures.update(asyncio.run(latency(settings, load, watch, worker, args.rate, args.seconds)))
