@@ -13,8 +13,8 @@ Phases, all on one local broker:
 3. latency: usage produced at a steady rate; from each send to the record being visible in
    the read model's `usage` (polled every 10 ms), and the worker's own lag histogram;
 4. replay: a worker with a new group and empty state rebuilds everything from the log;
-5. memory: a fresh worker's peak RSS after each of the memory points (same tenants, one
-   month, more events).
+5. memory: a fresh worker's peak and current RSS after each of the memory points (same
+   tenants, one month, more events).
 """
 
 from __future__ import annotations
@@ -275,6 +275,7 @@ async def memory(
                     what = f"memory at {point:,}"
                     await watch.until_caught_up(settings.app_id, what, point, False)
                     figures[f"worker_peak_rss_mib_at_{point}"] = worker.peak_rss_mib()
+                    figures[f"worker_rss_mib_at_{point}"] = worker.rss_mib()
             finally:
                 await client.stop()
     finally:

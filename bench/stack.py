@@ -25,11 +25,18 @@ class Component:
 
     def peak_rss_mib(self) -> float:
         """Peak resident memory of the process so far (VmHWM), in MiB."""
+        return self._status_mib("VmHWM")
+
+    def rss_mib(self) -> float:
+        """Resident memory now (VmRSS), in MiB: a peak keeps the largest transient for good."""
+        return self._status_mib("VmRSS")
+
+    def _status_mib(self, field: str) -> float:
         status = Path(f"/proc/{self.process.pid}/status").read_text()
         for line in status.splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmHWM in /proc status")
+        raise RuntimeError(f"no {field} in /proc status")
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.process.pid)

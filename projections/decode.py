@@ -163,7 +163,9 @@ LICENCE_TYPES = (LICENSES_CHANGED, TENANT_REGISTERED)
 
 
 # The shape nearly every usage event has; anything else takes the validating path.
-_PLAIN_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)")
+_PLAIN_TIME = re.compile(
+    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)", re.ASCII
+)
 _NAME_LENGTH = range(1, MAX_ATTRIBUTE_LENGTH + 1)
 
 
