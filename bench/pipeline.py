@@ -31,16 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.load import Load, build_load, fast_producer, fresh_ids, produce_all, produce_steady
+from bench.readmodel import consume_baseline
 from bench.report import report
 from bench.stack import Component, cpu_seconds, environment, histogram_quantile, start
 from metering.broker import start_broker
 from metering.settings import Settings
 from projections.months import month_of, previous_month
-from streams.kafka import consumer, ensure_topics, partitions_of
+from streams.kafka import ensure_topics
 from streams.progress import OffsetsProbe, behind
 
 
@@ -152,25 +152,8 @@ async def end_to_end(
 
 
 async def baseline(settings: Settings) -> dict[str, float]:
-    """A plain consumer: every usage record from the start, each decoded with orjson."""
-    topic = settings.topics.usage
-    tps = await partitions_of(settings, topic)
-    async with consumer(settings) as client:
-        ends = await client.end_offsets(tps)
-        client.assign(tps)
-        await client.seek_to_beginning(*tps)
-        wanted = {tp: end for tp, end in ends.items() if end > 0}
-        count = 0
-        started = time.monotonic()
-        while wanted:
-            for tp, records in (await client.getmany(*wanted, timeout_ms=1000)).items():
-                for record in records:
-                    orjson.loads(record.value or b"{}")
-                count += len(records)
-                if records and records[-1].offset + 1 >= wanted[tp]:
-                    del wanted[tp]
-        elapsed = time.monotonic() - started
-    return {"baseline_records": count, "baseline_events_per_s": count / elapsed}
+    count, seconds = await consume_baseline(settings)
+    return {"baseline_records": count, "baseline_events_per_s": count / seconds}
 
 
 def lag_buckets(text: str) -> list[tuple[float, float]]:

@@ -23,7 +23,6 @@ from typing import Any
 
 import duckdb
 import orjson
-from aiokafka import AIOKafkaConsumer
 
 from bench.report import report
 from billing.plan import load_plan
@@ -33,7 +32,14 @@ from metering.settings import Settings
 from projections.months import month_of, previous_month
 from projections.readmodel import queries
 from projections.readmodel.projector import Projector
-from streams.kafka import end_offsets, ensure_topics, partitions_of, producer
+from streams.kafka import (
+    consumer,
+    end_offsets,
+    ensure_topics,
+    partitions_of,
+    producer,
+    read_to_end,
+)
 
 
 async def produce(settings: Settings, events: int, month: str) -> int:
@@ -61,32 +67,18 @@ async def produce(settings: Settings, events: int, month: str) -> int:
 
 
 async def consume_baseline(settings: Settings) -> tuple[int, float]:
-    """Read and JSON-decode every record of the usage topic with a plain consumer."""
+    """Read and JSON-decode every record of the usage topic with a plain consumer: what Kafka
+    and JSON alone cost. Returns the records read and the seconds it took."""
     tps = await partitions_of(settings, settings.topics.usage)
-    ends = await end_offsets(settings, (settings.topics.usage,))
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap(),
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-    )
-    await consumer.start()
-    count = 0
-    started = time.perf_counter()
-    try:
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        remaining = {tp: end for tp, end in ends.items() if end > 0}
-        while remaining:
-            batches = await consumer.getmany(timeout_ms=500, max_records=20_000)
-            for tp, records in batches.items():
-                for record in records:
-                    orjson.loads(record.value or b"{}")
-                count += len(records)
-                if records and records[-1].offset + 1 >= remaining.get(tp, 0):
-                    remaining.pop(tp, None)
-    finally:
-        await consumer.stop()
-    return count, time.perf_counter() - started
+    async with consumer(settings, max_partition_fetch_bytes=4 * 1024 * 1024) as client:
+        ends = await client.end_offsets(tps)
+        count = 0
+        started = time.perf_counter()
+        async for _, records in read_to_end(client, ends):
+            for record in records:
+                orjson.loads(record.value or b"{}")
+            count += len(records)
+        return count, time.perf_counter() - started
 
 
 def timed(fn: Any) -> tuple[Any, float]:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from metering.settings import Settings
-from streams.store import COMPACTED, changelog_topics
 
 # Decisions are judged against the time a record entered the log (DESIGN.md s.4), so the input
 # topics stamp it themselves instead of trusting the producer's clock.
@@ -20,6 +19,16 @@ INPUT_CONFIG = {"message.timestamp.type": "LogAppendTime"}
 
 class TopicLayoutError(RuntimeError):
     pass
+
+
+C = TypeVar("C")
+
+
+def require_started(client: C | None) -> C:
+    """A client that `start()` has built, or an error naming the mistake."""
+    if client is None:
+        raise RuntimeError("not started: call start() (or run()) first")
+    return client
 
 
 @contextlib.asynccontextmanager
@@ -58,22 +67,6 @@ async def ensure_topics(settings: Settings, replication: int = 1) -> None:
             f"input topics must have the same number of partitions (co-partitioned by tenant), "
             f"found {counts}"
         )
-
-
-async def ensure_changelogs(settings: Settings) -> None:
-    """Create the worker group's compacted state topics, partitioned like the inputs."""
-    async with admin_client(settings) as admin:
-        existing = set(await admin.list_topics())
-        described = await admin.describe_topics([settings.topics.usage])
-        partitions = len(described[0]["partitions"])
-        new = [
-            NewTopic(name, partitions, 1, topic_configs=COMPACTED)
-            for name in changelog_topics(settings.app_id)
-            if name not in existing
-        ]
-        if new:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(new)
 
 
 def new_producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
@@ -127,27 +120,38 @@ async def end_offsets(settings: Settings, topics: tuple[str, ...]) -> dict[Topic
         return dict(await client.end_offsets(tps))
 
 
+async def read_to_end(
+    client: AIOKafkaConsumer, ends: dict[TopicPartition, int]
+) -> AsyncIterator[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]:
+    """Assign `client` to the partitions of `ends` and yield their records from the beginning,
+    a fetched batch at a time, up to (not including) each partition's end offset."""
+    wanted = {tp: end for tp, end in ends.items() if end > 0}
+    if not wanted:
+        return
+    client.assign(list(wanted))
+    await client.seek_to_beginning(*wanted)
+    while wanted:
+        for tp, batch in (await client.getmany(*wanted, timeout_ms=1000)).items():
+            end = wanted.get(tp)
+            if end is None or not batch:
+                continue
+            if batch[-1].offset + 1 >= end:
+                del wanted[tp]
+                batch = [r for r in batch if r.offset < end]
+            yield tp, batch
+        # The last offsets may hold no record (compacted away, a transaction marker): the
+        # position says when a partition is done.
+        for tp in list(wanted):
+            if await client.position(tp) >= wanted[tp]:
+                del wanted[tp]
+
+
 async def read_all(settings: Settings, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record of `topic` from the beginning up to its end offsets at call time."""
     tps = await partitions_of(settings, topic)
     async with consumer(settings) as client:
         ends = await client.end_offsets(tps)
-        wanted = {tp: end for tp, end in ends.items() if end > 0}
-        if not wanted:
-            return []
-        client.assign(list(wanted))
-        await client.seek_to_beginning(*wanted)
-        records: list[ConsumerRecord[bytes, bytes]] = []
-        while wanted:
-            batches = await client.getmany(*wanted, timeout_ms=1000)
-            for tp, batch in batches.items():
-                records.extend(r for r in batch if r.offset < wanted[tp])
-                if batch and batch[-1].offset + 1 >= wanted[tp]:
-                    del wanted[tp]
-            for tp in list(wanted):
-                if await client.position(tp) >= wanted[tp]:
-                    del wanted[tp]
-        return records
+        return [r async for _, batch in read_to_end(client, ends) for r in batch]
 
 
 async def broker_answers(settings: Settings) -> None:

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from metering.settings import Settings
-from streams.kafka import TopicLayoutError
-
-C = TypeVar("C")
+from streams.kafka import TopicLayoutError, require_started
 
 
 class NotCaughtUp(TimeoutError):
@@ -29,12 +26,6 @@ class OffsetsProbe:
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._layout: dict[str, list[TopicPartition]] = {}
-
-    @staticmethod
-    def _started(client: C | None) -> C:
-        if client is None:
-            raise RuntimeError("the offsets probe is not started")
-        return client
 
     @property
     def started(self) -> bool:
@@ -60,7 +51,7 @@ class OffsetsProbe:
     async def partitions(self, *topics: str) -> list[TopicPartition]:
         missing = [t for t in topics if t not in self._layout]
         if missing:
-            admin = self._started(self._admin)
+            admin = require_started(self._admin)
             for described in await admin.describe_topics(missing):
                 if described["error_code"] != 0 or not described["partitions"]:
                     raise TopicLayoutError(f"topic {described['topic']!r} does not exist")
@@ -71,13 +62,12 @@ class OffsetsProbe:
         return [tp for t in topics for tp in self._layout[t]]
 
     async def end_offsets(self, *topics: str) -> dict[TopicPartition, int]:
-        consumer = self._started(self._consumer)
+        consumer = require_started(self._consumer)
         return dict(await consumer.end_offsets(await self.partitions(*topics)))
 
     async def committed(self, group: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        offsets = await self._started(self._admin).list_consumer_group_offsets(
-            group, partitions=tps
-        )
+        admin = require_started(self._admin)
+        offsets = await admin.list_consumer_group_offsets(group, partitions=tps)
         return {tp: meta.offset for tp, meta in offsets.items() if meta is not None}
 
     async def wait_for_workers(self, wait_seconds: float) -> None:

@@ -19,15 +19,20 @@ may cover the same offsets and yet hold fewer entries (those its tenants already
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
 
+from metering.settings import Settings
 from projections.batch import BatchResult
 from projections.tenant import TenantState
+from streams.kafka import admin_client, read_to_end
 from streams.seen import SeenIndex
 
 TABLES = ("tenants", "seen", "barriers", "partitions")
@@ -144,27 +149,16 @@ async def restore(
     store = Store(index)
     if not tps:
         return store
-    ends = {tp: end for tp, end in (await consumer.end_offsets(tps)).items() if end > 0}
     raw: dict[str, dict[bytes, bytes]] = {table: {} for table in TABLES}
-    if ends:
-        consumer.assign(list(ends))
-        await consumer.seek_to_beginning(*ends)
-        while ends:
-            for tp, records in (await consumer.getmany(*ends, timeout_ms=1000)).items():
-                name = tp.topic[: -len("-changelog")].rsplit("-", 1)[1]
-                table = raw[name]
-                for record in records:
-                    if record.key is None or record.value is None:
-                        continue
-                    if name == "seen":
-                        index.add((key, offset) for key, _, offset in orjson.loads(record.value))
-                    else:
-                        table[record.key] = record.value
-                if records and records[-1].offset + 1 >= ends[tp]:
-                    del ends[tp]
-            for tp in list(ends):
-                if await consumer.position(tp) >= ends[tp]:
-                    del ends[tp]
+    async for tp, records in read_to_end(consumer, await consumer.end_offsets(tps)):
+        name = tp.topic[: -len("-changelog")].rsplit("-", 1)[1]
+        for record in records:
+            if record.key is None or record.value is None:
+                continue
+            if name == "seen":
+                index.add((key, offset) for key, _, offset in orjson.loads(record.value))
+            else:
+                raw[name][record.key] = record.value
     _load(store, raw)
     return store
 
@@ -179,5 +173,17 @@ def _load(store: Store, raw: dict[str, dict[bytes, bytes]]) -> None:
         store.closed[int(key.decode()[1:])] = tuple(orjson.loads(value))
 
 
-def changelog_topics(app_id: str) -> list[str]:
-    return [changelog(app_id, table) for table in TABLES]
+async def ensure_changelogs(settings: Settings) -> None:
+    """Create the worker group's compacted state topics, partitioned like the inputs."""
+    async with admin_client(settings) as admin:
+        existing = set(await admin.list_topics())
+        described = await admin.describe_topics([settings.topics.usage])
+        partitions = len(described[0]["partitions"])
+        new = [
+            NewTopic(changelog(settings.app_id, table), partitions, 1, topic_configs=COMPACTED)
+            for table in TABLES
+            if changelog(settings.app_id, table) not in existing
+        ]
+        if new:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new)

@@ -37,10 +37,10 @@ from projections.events import Position, UsageRecorded, trusted
 from projections.months import auto_close_due
 from projections.tenant import Triggers
 from streams.commands import request_close
-from streams.kafka import ensure_changelogs, new_producer
+from streams.kafka import new_producer, require_started
 from streams.outputs import Outputs, load_emitted
 from streams.seen import SeenIndex, index_path
-from streams.store import Store, restore
+from streams.store import Store, ensure_changelogs, restore
 
 log = logging.getLogger("metering.worker")
 
@@ -90,27 +90,19 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
 
     @property
     def consumer(self) -> AIOKafkaConsumer:
-        if self._consumer is None:
-            raise RuntimeError("the worker is not started")
-        return self._consumer
+        return require_started(self._consumer)
 
     @property
     def producer(self) -> AIOKafkaProducer:
-        if self._producer is None:
-            raise RuntimeError("the worker is not started")
-        return self._producer
+        return require_started(self._producer)
 
     @property
     def store(self) -> Store:
-        if self._store is None:
-            raise RuntimeError("the worker is not started")
-        return self._store
+        return require_started(self._store)
 
     @property
     def outputs(self) -> Outputs:
-        if self._outputs is None:
-            raise RuntimeError("the worker is not started")
-        return self._outputs
+        return require_started(self._outputs)
 
     def consumer_config(self) -> dict[str, Any]:
         settings = self.settings
