@@ -89,10 +89,15 @@ def rate_month(state: TenantState, month: str, service: Service, plan: Plan) -> 
     return rate(service, usage, users, _version(plan, month))
 
 
+def warning_at(included: int) -> int:
+    """The least usage that reaches 85 % of included (and at least 1: no use, no warning)."""
+    return max(1, -(-included * 85 // 100))
+
+
 def reached_levels(rating: Rating) -> list[tuple[str, int | None]]:
     """Levels the usage has reached: warning at 85 % of included, exceeded above it, packages."""
     levels: list[tuple[str, int | None]] = []
-    if rating.usage * 100 >= rating.included * 85 and rating.usage > 0:
+    if rating.usage >= warning_at(rating.included):
         levels.append(("warning", None))
     if rating.usage > rating.included:
         levels.append(("exceeded", None))
@@ -110,14 +115,12 @@ def next_crossing_at(state: TenantState, month: str, service: Service, plan: Pla
     included, size, crossed = rating.included, rating.package_size, state.crossings
     candidates = []
     if crossing_id(state.tenant, service, month, "warning", None) not in crossed:
-        candidates.append(max(1, -(-included * 85 // 100)))
+        candidates.append(warning_at(included))
     if crossing_id(state.tenant, service, month, "exceeded", None) not in crossed:
         candidates.append(included + 1)
     # The next package to announce: the first above the current one that is not crossed yet
     # (a licence change can lower the count below packages announced before).
-    package = max(rating.packages, 1) + 1
-    if rating.packages >= 2:
-        package = rating.packages
+    package = max(rating.packages, 2)
     while crossing_id(state.tenant, service, month, "package", package) in crossed:
         package += 1
     candidates.append(included + (package - 1) * size + 1)
