@@ -10,11 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -25,7 +21,8 @@ import httpx
 import orjson
 
 from bench.report import report
-from metering.broker import start_broker, stop_process
+from bench.stack import Component, environment, start
+from metering.broker import start_broker
 from metering.generate import generate_month
 from metering.settings import Settings
 from projections.months import month_of, previous_month
@@ -100,29 +97,15 @@ def http_figures(url: str, events: list[dict[str, Any]], singles: int) -> dict[s
 
 def run(count: int, singles: int, workdir: Path) -> dict[str, Any]:
     broker = start_broker(workdir / "kafka", Settings().cache_dir)
-    api = None
+    api: Component | None = None
     try:
         prefix = f"bench-{uuid.uuid4().hex[:6]}-"
         settings = Settings(kafka_bootstrap=broker.bootstrap, topic_prefix=prefix, partitions=8)
         asyncio.run(ensure_topics(settings))
-        ready = workdir / "api.ready"
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("METERING_")},
-            "METERING_KAFKA_BOOTSTRAP": broker.bootstrap,
-            "METERING_TOPIC_PREFIX": prefix,
-            "METERING_DATA_DIR": str(workdir),
-            "METERING_READY_FILE": str(ready),
-            "METERING_INGEST_MAX_BYTES": str(8 << 20),
-        }
-        api = subprocess.Popen(  # nosec B603  # our own interpreter and module
-            [sys.executable, "-m", "metering.cli", "projector"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        while not ready.exists() or not ready.read_text():
-            if api.poll() is not None:
-                raise RuntimeError("the API did not start")
-            time.sleep(0.1)
-        url = json.loads(ready.read_text())["api_url"]
+        env = environment(broker.bootstrap, prefix, prefix.rstrip("-"), workdir)
+        env["METERING_INGEST_MAX_BYTES"] = str(8 << 20)
+        api = start("projector", env, workdir)
+        url = api.ready["api_url"]
         month = previous_month(month_of(dt.datetime.now(dt.UTC), dt.UTC))
         events = usage_events(count, month)
         figures: dict[str, Any] = {"events": len(events), "single_posts": singles}
@@ -135,8 +118,7 @@ def run(count: int, singles: int, workdir: Path) -> dict[str, Any]:
         return figures
     finally:
         if api is not None:
-            stop_process(api.pid)
-            api.wait(timeout=30)
+            api.stop()
         broker.stop()
 
 
