@@ -9,7 +9,6 @@ acknowledged every write (idempotent producer, acks=all); an unreachable broker 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from typing import Any
 
 import orjson
@@ -18,6 +17,7 @@ from aiokafka.errors import KafkaError
 from fastapi import HTTPException, Request
 
 from billing.plan import Plan
+from metering.clock import Clock, system_clock
 from metering.settings import Settings
 from projections.decode import Rejected, admit
 from streams.kafka import new_producer
@@ -36,9 +36,10 @@ class BatchRejected(Exception):
 
 
 class Ingestor:
-    def __init__(self, settings: Settings, plan: Plan) -> None:
+    def __init__(self, settings: Settings, plan: Plan, clock: Clock = system_clock) -> None:
         self.settings = settings
         self.plan = plan
+        self.clock = clock  # "received": what "future" and "too late" are judged against
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         topics = settings.topics
@@ -90,7 +91,7 @@ class Ingestor:
         return parsed
 
     async def ingest(self, offered: list[Any]) -> int:
-        received = dt.datetime.now(dt.UTC)
+        received = self.clock()
         routed = []
         problems: list[tuple[int | None, str, str | None, str]] = []
         for index, obj in enumerate(offered):

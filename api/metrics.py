@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -18,6 +17,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.service import ReadModelService
+from metering.clock import Clock, system_clock
 from observability.figures import figures, windows
 from observability.metrics import ReadModelMetrics
 from projections.months import month_of
@@ -51,7 +51,9 @@ def instrument(app: FastAPI, metrics: ReadModelMetrics) -> None:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-async def refresh(service: ReadModelService, metrics: ReadModelMetrics) -> None:
+async def refresh(
+    service: ReadModelService, metrics: ReadModelMetrics, clock: Clock = system_clock
+) -> None:
     settings = service.settings
     projector = service.projector
     if projector is None:
@@ -72,7 +74,7 @@ async def refresh(service: ReadModelService, metrics: ReadModelMetrics) -> None:
                 max(0, end - committed.get(tp, 0))
             )
     zone = service.plan.zone
-    current = month_of(dt.datetime.now(dt.UTC), zone)
+    current = month_of(clock(), zone)
 
     def read(cur: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         closed = queries.closed_months(cur)
@@ -84,7 +86,9 @@ async def refresh(service: ReadModelService, metrics: ReadModelMetrics) -> None:
     )
 
 
-async def keep_fresh(service: ReadModelService, metrics: ReadModelMetrics) -> None:
+async def keep_fresh(
+    service: ReadModelService, metrics: ReadModelMetrics, clock: Clock = system_clock
+) -> None:
     """Refresh every `METERING_METRICS_REFRESH` seconds until cancelled; a failed round (the
     broker away, the model being replaced) is logged and tried again, never fatal."""
     while True:
@@ -92,7 +96,7 @@ async def keep_fresh(service: ReadModelService, metrics: ReadModelMetrics) -> No
         with contextlib.suppress(asyncio.TimeoutError):
             try:
                 await asyncio.wait_for(
-                    refresh(service, metrics), service.settings.metrics_refresh * 4
+                    refresh(service, metrics, clock), service.settings.metrics_refresh * 4
                 )
             except (KafkaError, OSError, RuntimeError) as exc:
                 log.warning("metrics refresh failed: %r", exc)

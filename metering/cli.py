@@ -14,9 +14,12 @@ import click
 import orjson
 
 from metering.cli_common import cli_plan, cli_settings, month_callback, run_async
+from metering.clock import Clock, system_clock
 from projections.months import month_of, next_month, previous_month
 
 T = TypeVar("T")
+# "Now" for the defaults and checks that depend on the day (a test may replace it).
+clock: Clock = system_clock
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -142,8 +145,7 @@ def close(month: str, timeout: float, force: bool) -> None:
 
     settings = cli_settings()
     plan = cli_plan(settings)
-    now = dt.datetime.now(dt.UTC)
-    if not force and month >= month_of(now, plan.zone):
+    if not force and month >= month_of(clock(), plan.zone):
         raise click.ClickException(f"{month} has not ended yet; use --force to close it anyway")
     close_id = f"close-{month}-{uuid.uuid4().hex[:12]}"
 
@@ -172,7 +174,7 @@ def generate(month: str | None, tenants: int, seed: int, scale: float, output: P
     """Write a generated month of usage (default: last month) as JSONL, for demos."""
     from metering.generate import generate_month
 
-    month = month or previous_month(month_of(dt.datetime.now(dt.UTC), dt.UTC))
+    month = month or previous_month(month_of(clock(), dt.UTC))
     count = 0
     with output.open("wb") as handle:
         for event in generate_month(month, tenants, seed, scale):

@@ -8,7 +8,6 @@ SameSite=Strict cookie limited to `/ui`, and is never written to a log.
 
 from __future__ import annotations
 
-import datetime as dt
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,7 +21,8 @@ from fastapi.staticfiles import StaticFiles
 
 from api.auth import OPEN, Principal, authenticate, presented_key, require, require_tenant
 from api.service import ReadModelService
-from projections.months import months_until, parse_month
+from metering.clock import Clock, system_clock
+from projections.months import month_of, months_until, parse_month
 from projections.readmodel import queries
 from web.i18n import LABELS, Language, choose, label
 from web.view import Formats, messages, metered_services
@@ -49,7 +49,12 @@ def _safe_next(target: str | None) -> str:
     return "/ui"
 
 
-def register(app: FastAPI, service: ReadModelService, fresh: Callable[[], Awaitable[None]]) -> None:
+def register(
+    app: FastAPI,
+    service: ReadModelService,
+    fresh: Callable[[], Awaitable[None]],
+    clock: Clock = system_clock,
+) -> None:
     keys = service.settings.api_keys
     templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -156,7 +161,7 @@ def register(app: FastAPI, service: ReadModelService, fresh: Callable[[], Awaita
         require_tenant(who, tenant)
         zone = service.plan.zone
         try:
-            last = parse_month(month) if month else dt.datetime.now(zone).strftime("%Y-%m")
+            last = parse_month(month) if month else month_of(clock(), zone)
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
         months = months_until(last, MONTHS_SHOWN)

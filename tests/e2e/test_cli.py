@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from metering.broker import Broker, is_alive
-from projections.months import next_month, previous_month
+from projections.months import month_of, next_month, previous_month
 
 COMMANDS = [
     "up", "down", "worker", "projector", "send", "close", "invoice", "usage", "crossings",
@@ -83,7 +83,7 @@ def test_send_without_topics_says_so(kafka: Broker, tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_up_send_close_invoice_down(tmp_path: Path) -> None:
     env = {"METERING_DATA_DIR": str(tmp_path / "data"), "METERING_AUTO_CLOSE_GRACE": "off"}
-    month = previous_month(dt.date.today().strftime("%Y-%m"))
+    month = previous_month(month_of(dt.datetime.now(dt.UTC), dt.UTC))  # the CLI's months are UTC
     try:
         up = metering("up", "--detach", env=env)
         assert up.returncode == 0, up.stderr

@@ -1,7 +1,10 @@
 """A month through the real broker: the cases of issue 2, hand-computed to the cent.
 
-Months are relative to today so that nothing is "too late": M is the month before last,
-M1 last month and M2 this month.
+The months and events are `tests.month_case.month_case` of the real now (the broker judges
+"future" and "too late" by its real clock): M is the month before last and M1 last month, or,
+late in a month, M is last month and M1 this month (closed with `--force`).
+`tests/unit/test_month_case.py` checks those choices and this month's pure part for pinned
+days.
 """
 
 from __future__ import annotations
@@ -16,95 +19,20 @@ import orjson
 import pytest
 
 from metering.settings import Settings
-from projections.months import month_of, next_month, previous_month
 from projections.tenant import TenantState
 from streams.kafka import read_all
 from streams.progress import wait_for_workers
 from tests.conftest import Stack
-from tests.factories import cloudevent as ce
+from tests.month_case import GB, bad, first_invoice, late, licences, month_case, second_invoice
+from tests.month_case import usage as month_usage
 
 pytestmark = pytest.mark.integration
 
-UTC = dt.UTC
-NOW = dt.datetime.now(UTC)
-M2 = month_of(NOW, UTC)
-M1 = previous_month(M2)
-M = previous_month(M1)
-M0 = previous_month(M)
-GB = 10**9
-
-
-def at(month: str, day: int, clock: str = "12:00:00", offset: str = "Z") -> str:
-    return f"{month}-{day:02d}T{clock}{offset}"
-
-
-def last_day(month: str) -> int:
-    first_next = dt.date(int(next_month(month)[:4]), int(next_month(month)[5:]), 1)
-    return (first_next - dt.timedelta(days=1)).day
-
-
-LAST = last_day(M)
-MAILING = "metering.mailing.sent"
-STORAGE = "metering.storage.measured"
-CHAT = "metering.chat.started"
-FORM = "metering.form.submitted"
-LOGIN = "metering.customer_center.login"
-MAIL, MAIL_EU = "crm/mailing", "crm/mailing-eu"
-
-LICENCES = [
-    ce(
-        "licensing.tenant.registered",
-        {"company": "Acme", "serial_number": "1", "database": {"type": "central", "engine": "x"}},
-        tenant="acme", time=at(M0, 19), id="reg-acme", source="licensing",
-    ),
-    ce("licensing.licenses.changed", {"users": 40, "modules": []},
-               tenant="acme", time=at(M0, 20), id="lic-1", source="licensing"),
-    # mid-month seat change across the 50-user band: all of M is rated for 60 users
-    ce("licensing.licenses.changed", {"users": 60, "modules": []},
-               tenant="acme", time=at(M, 15), id="lic-2", source="licensing"),
-]  # fmt: skip
-
-USAGE = [
-    ce(MAILING, {"quantity": 10_000}, tenant="acme", time=at(M, 2), id="m1", source=MAIL),
-    ce(MAILING, {"quantity": 10_000}, tenant="acme", time=at(M, 3), id="m2", source=MAIL),
-    ce(MAILING, {"quantity": 10_000}, tenant="acme", time=at(M, 4), id="m3", source=MAIL),
-    # a retry of m2: counted once
-    ce(MAILING, {"quantity": 10_000}, tenant="acme", time=at(M, 3), id="m2", source=MAIL),
-    # the same id from another source is another event
-    ce(MAILING, {"quantity": 5_000}, tenant="acme", time=at(M, 5), id="m1", source=MAIL_EU),
-    # out of order, and storage going down after its peak: billed on the 130 GB peak
-    ce(STORAGE, {"bytes": 40 * GB}, tenant="acme", time=at(M, 20), id="s3"),
-    ce(STORAGE, {"bytes": 130 * GB}, tenant="acme", time=at(M, 10), id="s2"),
-    ce(STORAGE, {"bytes": 80 * GB}, tenant="acme", time=at(M, 3), id="s1"),
-    ce(CHAT, {"quantity": 1_000}, tenant="acme", time=at(M, 6), id="c1"),
-    ce(FORM, {"quantity": 1_500}, tenant="acme", time=at(M, 7), id="f1"),
-    # UTC offsets move these into the neighbouring months
-    ce(FORM, {"quantity": 5_000}, tenant="acme", time=at(M, LAST, "23:30:00", "-02:00"), id="fn"),
-    ce(CHAT, {"quantity": 3_000}, tenant="acme", time=at(M, 1, "01:00:00", "+02:00"), id="cp"),
-    # next month's usage: on the next close, not this one
-    ce(LOGIN, {"quantity": 5_000}, tenant="acme", time=at(M1, 5), id="l-next"),
-    # beta has no licence snapshot: 0 users, first band
-    ce(LOGIN, {"quantity": 900}, tenant="beta", time=at(M, 8), id="l1"),
-    ce(LOGIN, {"quantity": 1_600}, tenant="beta", time=at(M, 9), id="l2"),
-    ce(CHAT, {"quantity": 1_400}, tenant="beta", time=at(M, 9), id="c1"),
-    ce(FORM, {}, tenant="beta", time=at(M, 9), id="f0"),  # quantity defaults to 1
-    ce(FORM, {"quantity": 799}, tenant="beta", time=at(M, 9), id="f1"),
-]  # fmt: skip
-
-NO_SUBJECT = ce(MAILING, {}, time=at(M, 3), id="b6")
-del NO_SUBJECT["subject"]
-FUTURE = (NOW + dt.timedelta(hours=1)).isoformat()
-BAD = [
-    b"{not json",
-    orjson.dumps(ce("billing.unknown", {}, time=at(M, 3), id="x1")),
-    orjson.dumps(ce(MAILING, {"quantity": 0}, tenant="acme", time=at(M, 3), id="b1")),
-    orjson.dumps(ce("metering.teleport.used", {}, tenant="acme", time=at(M, 3), id="b2")),
-    orjson.dumps(ce(STORAGE, {"bytes": -5}, tenant="acme", time=at(M, 3), id="b3")),
-    orjson.dumps(ce(MAILING, {"quantity": 9_999}, tenant="acme", time=f"{M}-03T12:00", id="b4")),
-    orjson.dumps(ce(MAILING, {"quantity": 9_999}, tenant="acme", time=FUTURE, id="b5")),
-    orjson.dumps(NO_SUBJECT),
-    orjson.dumps(ce("system.event.registered", {"key": "Import"}, time=at(M, 3), id="b7")),
-]  # fmt: skip
+CASE = month_case(dt.datetime.now(dt.UTC))
+M0, M, M1, M2 = CASE.m0, CASE.m, CASE.m1, CASE.m2
+LICENCES = licences(CASE)
+USAGE = month_usage(CASE)
+BAD = bad(CASE)
 
 
 def line_view(line: dict[str, Any]) -> tuple[Any, ...]:
@@ -152,11 +80,7 @@ def test_a_month_end_to_end(stack: Stack) -> None:
     assert "total 129.60" in closed.stdout
 
     lines = stack.json("invoice", M1)
-    assert [line_view(ln) for ln in lines] == [
-        ("acme", M, "mailing", "overage", "35000", 60, "30000", 1, "32.40", "32.40"),
-        ("acme", M, "storage", "overage", "130", 60, "100", 1, "32.40", "32.40"),
-        ("beta", M, "customer_center", "overage", "2500", 0, "1000", 2, "32.40", "64.80"),
-    ]
+    assert [line_view(ln) for ln in lines] == first_invoice(CASE)
     assert sum(Decimal(ln["amount"]) for ln in lines) == Decimal("129.60")
     assert [ln["events"] for ln in lines] == [4, 3, 2]  # the retry is not counted
     csv = stack.cli("invoice", M1, "--format", "csv").stdout.splitlines()
@@ -214,24 +138,10 @@ def test_a_month_end_to_end(stack: Stack) -> None:
     assert [r["users"] for r in sql("SELECT users FROM licences ORDER BY time")] == [40, 60]
 
     # A late event for the closed month: the next close adjusts it, the old lines stay.
-    late = [
-        ce(
-            MAILING,
-            {"quantity": 50_000},
-            tenant="acme",
-            time=at(M, 28),
-            id="m-late",
-            source=MAIL,
-        )
-    ]
-    stack.cli("send", str(stack.write("late.jsonl", late)))
-    stack.cli("close", M1)
+    stack.cli("send", str(stack.write("late.jsonl", late(CASE))))
+    stack.cli("close", M1, *(["--force"] if CASE.close_m1_early else []))
     assert stack.json("invoice", M1) == lines
-    assert [line_view(ln) for ln in stack.json("invoice", M2)] == [
-        ("acme", M, "mailing", "adjustment", "85000", 60, "30000", 1, "32.40", "32.40"),
-        ("acme", M1, "customer_center", "overage", "5000", 60, "2000", 3, "32.40", "97.20"),
-        ("acme", M1, "form", "overage", "5000", 60, "2000", 3, "32.40", "97.20"),
-    ]
+    assert [line_view(ln) for ln in stack.json("invoice", M2)] == second_invoice(CASE)
     again = stack.cli("close", M)
     assert "0 invoice lines" in again.stdout  # a closed month stays closed
     for month in (M, M1):
