@@ -8,6 +8,7 @@ import asyncio
 import csv
 import datetime as dt
 import io
+import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,12 @@ def _default(value: Any) -> Any:
 
 
 def json_response(body: Any, status: int = 200) -> Response:
-    return Response(
-        orjson.dumps(body, default=_default), status_code=status, media_type="application/json"
-    )
+    try:
+        content = orjson.dumps(body, default=_default)
+    except orjson.JSONEncodeError:
+        # orjson writes integers of at most 64 bits; usage and packages (HUGEINT) may be more.
+        content = json.dumps(body, default=_default, separators=(",", ":")).encode()
+    return Response(content, status_code=status, media_type="application/json")
 
 
 def csv_response(rows: list[dict[str, Any]]) -> Response:
@@ -120,6 +124,10 @@ def create_api(service: ReadModelService) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> Response:
+        """Alive unless the projector stopped (the process is then about to exit)."""
+        error = service.failed()
+        if error is not None:
+            return json_response({"status": "projector stopped", "error": repr(error)}, 503)
         return json_response({"status": "ok"})
 
     @app.get("/readyz")

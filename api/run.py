@@ -15,6 +15,10 @@ from billing.plan import Plan
 from metering.settings import Settings
 
 
+class ProjectorStopped(RuntimeError):
+    """The projector met an error it could not set aside; the API stopped with it."""
+
+
 async def serve(settings: Settings, plan: Plan) -> None:
     service = ReadModelService(settings, plan)
     await service.start()
@@ -48,7 +52,7 @@ async def serve(settings: Settings, plan: Plan) -> None:
         await app.state.ingestor.close()
         await service.close()
     if failure:
-        raise SystemExit(f"the projector failed: {failure[0]!r}")
+        raise ProjectorStopped(f"the projector failed: {failure[0]!r}")
 
 
 async def _announce(server: uvicorn.Server, settings: Settings) -> None:
@@ -63,4 +67,9 @@ async def _announce(server: uvicorn.Server, settings: Settings) -> None:
 
 
 def run_projector(settings: Settings, plan: Plan) -> None:
-    asyncio.run(serve(settings, plan))
+    """Serve until stopped; a stopped projector ends the process with status 1, so that its
+    supervisor (`metering up`, systemd, Kubernetes) restarts it."""
+    try:
+        asyncio.run(serve(settings, plan))
+    except ProjectorStopped as stopped:
+        raise SystemExit(str(stopped)) from None

@@ -44,12 +44,16 @@ class ReadModelService:
             await self.probe.start()
         self.projector = await asyncio.to_thread(Projector, self.settings, self.plan, self.path)
         self.projector.on_written = self._count_rows
+        self.projector.on_set_aside = self._count_set_aside
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(self.projector.run(self._stop), name="projector")
 
     def _count_rows(self, by_table: dict[str, int]) -> None:
         for table, rows in by_table.items():
             self.metrics.rows.labels(table).inc(rows)
+
+    def _count_set_aside(self, table: str, reason: str) -> None:
+        self.metrics.set_aside.labels(table, reason).inc()
 
     async def close(self) -> None:
         """Stop for good: the projector and the Kafka clients of the freshness probe."""
@@ -59,8 +63,7 @@ class ReadModelService:
     async def stop(self) -> None:
         self._stop.set()
         if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait([self._task])  # a failed projector's error is `failed()`'s
         if self.projector is not None:
             self.projector.close()
             self.projector = None
@@ -70,8 +73,9 @@ class ReadModelService:
         while True:
             task = self._task
             if task is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(task)
+                # `wait`, not `await task`: the task's own error must come back as the
+                # answer, not end this waiter (which then never told anyone).
+                await asyncio.wait([task])
                 error = self.failed()
                 if error is not None:
                     return error

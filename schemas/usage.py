@@ -6,8 +6,17 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# Quantities are counted in 64-bit signed integers downstream (DuckDB BIGINT); beyond is hostile.
-MAX_QUANTITY = 2**63 - 1
+# The most one event may carry; more is rejected (`invalid_field`), over Kafka and HTTP alike.
+# Quantity: one event is one mailing, or a count of logins, chats or forms. The largest real
+# mailing goes to tens of millions of addresses; 10^9 is every e-mail address of a large
+# country many times over, so no honest event comes near it, and a producer with more sends
+# more events.
+MAX_QUANTITY = 10**9
+# Bytes: a tenant's total storage at one instant. The largest CRM tenants store terabytes;
+# 10^15 (1 PB) is a thousand times that. Storage is billed on the month's peak, never summed.
+MAX_BYTES = 10**15
+# With these bounds every read-model column holds what valid events can lead to: see the
+# worst case worked out in projections/readmodel/schema.py.
 
 
 class Service(StrEnum):
@@ -32,7 +41,7 @@ class StorageMeasured(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    bytes: int = Field(ge=0, le=MAX_QUANTITY)
+    bytes: int = Field(ge=0, le=MAX_BYTES)
 
 
 class QuantityUsed(BaseModel):

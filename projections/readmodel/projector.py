@@ -9,20 +9,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from billing.plan import Plan
 from metering.settings import Settings
 from projections.readmodel import schema
-from projections.readmodel.rows import Record, raw_batch, rows_for, to_arrow
+from projections.readmodel.rows import OUTPUT_MODELS, Record, raw_batch, rows_for, to_arrow
 from streams.kafka import partitions_of
+
+log = logging.getLogger("metering.projector")
+
+# Errors that a record's own values cause (a number its column cannot hold, a value of the
+# wrong type): writing the record again fails again, so it is set aside. Anything else (I/O,
+# memory, a broken file) is no fault of the record and stops the projector.
+RECORD_ERRORS: tuple[type[Exception], ...] = (
+    pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, duckdb.DataError, duckdb.IntegrityError,
+)  # fmt: skip
 
 
 def table_of(settings: Settings) -> dict[str, str]:
@@ -48,12 +61,14 @@ class Projector:
         self.rows_written = 0
         # Told the rows each committed batch wrote, by table (the process's metrics).
         self.on_written: Callable[[dict[str, int]], None] | None = None
+        # Told the table and reason of each record set aside (see `write`).
+        self.on_set_aside: Callable[[str, str], None] | None = None
         self._lock = threading.Lock()  # one writer transaction at a time
         self.con = self._open()
         # The DDL in schema.py is the one description of each table; Arrow follows it.
         self.schemas = {
             table: self.con.sql(f"SELECT * FROM {table} LIMIT 0").to_arrow_table().schema  # noqa: S608
-            for table in set(self.tables.values()) - {"raw_events"}
+            for table in (set(self.tables.values()) - {"raw_events"}) | {"set_aside"}
         }
 
     def _open(self) -> duckdb.DuckDBPyConnection:
@@ -77,46 +92,87 @@ class Projector:
             cur.close()
 
     def write(self, records: list[Record]) -> int:
-        """One transaction: every row of the batch and the offsets it reached."""
-        by_table: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        archive: list[Record] = []
+        """Write a batch: its rows and the offsets it reached, in one transaction.
+
+        A record whose values its table cannot hold (an `ArrowInvalid`, a DuckDB conversion
+        error) spoils the transaction. The batch is then split in halves, each written in a
+        transaction of its own with its own offsets, until that record is alone; it is then
+        set aside (table `set_aside`, with its reason) together with its offset, and
+        projection goes on. Any other error (disk, memory, the file) stops the projector."""
+        try:
+            return self._commit(self._prepare(records))
+        except RECORD_ERRORS as exc:
+            if len(records) == 1:
+                record = records[0]
+                log.warning(
+                    "setting aside %s/%d/%d: %r", record.topic, record.partition, record.offset,
+                    exc,
+                )  # fmt: skip
+                return self._commit(self._prepare(records, spoiled=exc))
+            # Each partition's records are in offset order, so the first half's offsets lie
+            # below the second's and every committed half resumes exactly after itself.
+            half = len(records) // 2
+            return self.write(records[:half]) + self.write(records[half:])
+
+    def _prepare(self, records: list[Record], spoiled: BaseException | None = None) -> _Batch:
+        batch = _Batch()
         reached: dict[tuple[str, int], int] = {}
         for record in records:
             table = self.tables[record.topic]
-            if table == "raw_events":
-                archive.append(record)
+            if spoiled is not None:
+                batch.aside.append(_aside(record, table, "unwritable", repr(spoiled)))
+            elif table == "raw_events":
+                batch.archive.append(record)
             elif (row := rows_for(table, record)) is not None:
-                by_table[table].append(row)
+                batch.rows[table].append(row)
+            else:
+                model = OUTPUT_MODELS[table].__name__
+                batch.aside.append(_aside(record, table, "invalid_record", f"not a {model}"))
             key = (record.topic, record.partition)
             reached[key] = max(reached.get(key, 0), record.offset + 1)
-        offsets = [{"topic": t, "partition": p, "next_offset": o} for (t, p), o in reached.items()]
+        batch.offsets = [
+            {"topic": t, "partition": p, "next_offset": o} for (t, p), o in reached.items()
+        ]
+        return batch
+
+    def _commit(self, batch: _Batch) -> int:
         with self._lock:
             con = self.con
             con.execute("BEGIN")
             try:
-                if archive:
-                    con.register("raw_batch", raw_batch(archive))
+                if batch.archive:
+                    con.register("raw_batch", raw_batch(batch.archive))
                     con.execute(schema.ARCHIVE)
                     con.unregister("raw_batch")
-                for table, rows in by_table.items():
+                tables = {**batch.rows, "set_aside": batch.aside} if batch.aside else batch.rows
+                for table, rows in tables.items():
                     con.register("batch", to_arrow(self.schemas[table], rows))
                     # Output ids are unique: a record the worker sent twice is one row. The
                     # archive has no key; the offsets alone keep it free of duplicates.
                     sql = f"INSERT OR IGNORE INTO {table} BY NAME SELECT * FROM batch"  # noqa: S608
                     con.execute(sql)
                     con.unregister("batch")
-                con.register("reached", _offsets_arrow(offsets))
+                con.register("reached", _offsets_arrow(batch.offsets))
                 con.execute("INSERT OR REPLACE INTO offsets BY NAME SELECT * FROM reached")
                 con.unregister("reached")
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
-        written = len(archive) + sum(len(rows) for rows in by_table.values())
+        return self._committed(batch)
+
+    def _committed(self, batch: _Batch) -> int:
+        """Tell the process's metrics what a committed batch wrote and set aside."""
+        written = len(batch.archive) + sum(len(rows) for rows in batch.rows.values())
         self.rows_written += written
         if self.on_written is not None:
-            counts = {table: len(rows) for table, rows in by_table.items()}
-            self.on_written({**counts, "raw_events": len(archive)} if archive else counts)
+            counts = {table: len(rows) for table, rows in batch.rows.items()}
+            self.on_written(
+                {**counts, "raw_events": len(batch.archive)} if batch.archive else counts
+            )
+        if self.on_set_aside is not None:
+            for row in batch.aside:
+                self.on_set_aside(row["table"], row["reason"])
         return written
 
     async def run(
@@ -168,6 +224,27 @@ class Projector:
     def close(self) -> None:
         with self._lock:
             self.con.close()
+
+
+@dataclass
+class _Batch:
+    """What one transaction writes: archived records, output rows by table, the records set
+    aside, and the offsets reached."""
+
+    archive: list[Record] = field(default_factory=list)
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    aside: list[dict[str, Any]] = field(default_factory=list)
+    offsets: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _aside(record: Record, table: str, reason: str, detail: str) -> dict[str, Any]:
+    return {
+        "topic": record.topic, "partition": record.partition, "offset": record.offset,
+        "table": table, "reason": reason, "detail": detail[:1000],
+        "payload": None if record.value is None
+        else record.value.decode("utf-8", errors="backslashreplace"),
+        "set_aside_at": dt.datetime.now(dt.UTC),
+    }  # fmt: skip
 
 
 def _reached(stored: dict[TopicPartition, int], until: dict[TopicPartition, int]) -> bool:
