@@ -4,6 +4,11 @@ A batch is all or nothing: every event is checked first (the same rules as the w
 judged against the time of receipt) and any bad one rejects the whole batch with 400 naming
 each bad event's index, field and reason. 202 is answered only once the broker has
 acknowledged every write (idempotent producer, acks=all); an unreachable broker is 503.
+
+Both CloudEvents content modes of the HTTP binding are read: structured
+(`application/cloudevents+json`, the body is the event) and binary (`ce-*` headers carry the
+attributes, percent-encoded, and the body is `data`). A binary event is turned into the
+structured form, judged by the same rules, and forwarded to Kafka as structured JSON.
 """
 
 from __future__ import annotations
@@ -19,11 +24,15 @@ from fastapi import HTTPException, Request
 from billing.plan import Plan
 from metering.clock import Clock, system_clock
 from metering.settings import Settings
+from projections.binding import CONTENT_TYPE, HTTP_PREFIX, header_bytes, is_binary, structured
 from projections.decode import Rejected, admit
 from streams.kafka import new_producer
 
 SINGLE = {"application/cloudevents+json", "application/json"}
 BATCH = "application/cloudevents-batch+json"
+# Media types of structured mode (one event or a batch); any other with `ce-specversion`
+# is binary mode, as the HTTP binding decides.
+STRUCTURED_PREFIX = "application/cloudevents"
 ACK_TIMEOUT = 15.0  # seconds to wait for the broker's acknowledgement before answering 503
 
 
@@ -65,17 +74,29 @@ class Ingestor:
     async def events(self, request: Request) -> list[Any]:
         """The offered events, within the limits; raises 413, 415 or BatchRejected."""
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media not in SINGLE and media != BATCH:
+        attributes = binary_headers(request) if not media.startswith(STRUCTURED_PREFIX) else []
+        if not attributes and media not in SINGLE and media != BATCH:
             raise HTTPException(
-                415, f"send application/cloudevents+json, or {BATCH} for a batch; not {media!r}"
+                415,
+                f"send application/cloudevents+json, {BATCH} for a batch, or one event in "
+                f"binary mode (ce-* headers); not {media!r}",
             )
         limit = self.settings.ingest_max_bytes
+        extra = header_bytes(attributes)  # a binary event's attributes count towards its size
+        too_large = f"the {'event (body and ce-* headers)' if attributes else 'body'} is over"
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise HTTPException(413, f"the body is over {limit} bytes")
+        if declared is not None and declared.isdigit() and int(declared) + extra > limit:
+            raise HTTPException(413, f"{too_large} {limit} bytes")
         body = await request.body()
-        if len(body) > limit:
-            raise HTTPException(413, f"the body is over {limit} bytes")
+        if len(body) + extra > limit:
+            raise HTTPException(413, f"{too_large} {limit} bytes")
+        if attributes:
+            try:
+                return [structured(attributes, body, prefix=HTTP_PREFIX)]
+            except Rejected as rejected:
+                raise BatchRejected(
+                    [(0, rejected.reason, rejected.field, rejected.detail)]
+                ) from None
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -122,6 +143,17 @@ class Ingestor:
                 503, f"the broker did not acknowledge the events: {exc!r}"
             ) from None
         return len(routed)
+
+
+def binary_headers(request: Request) -> list[tuple[str, bytes]]:
+    """The `ce-*` and `content-type` headers of a binary-mode event (values as sent, so that
+    a value that is not UTF-8 is refused by name); empty when the request is not one."""
+    found = [
+        (name.decode("latin-1").lower(), value)
+        for name, value in request.headers.raw
+        if name[:3].lower() == HTTP_PREFIX.encode() or name.lower() == CONTENT_TYPE.encode()
+    ]
+    return found if is_binary(found, HTTP_PREFIX) else []
 
 
 def _errors(problems: list[tuple[int | None, str, str | None, str]]) -> dict[str, Any]:

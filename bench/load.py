@@ -25,7 +25,7 @@ from streams.kafka import new_producer
 FIXED_PER_TENANT = 40
 SCALED_PER_TENANT = 1325
 
-Record = tuple[bytes, bytes]  # key, value
+Record = tuple[bytes | None, bytes]  # key (None: any partition), value
 
 
 @dataclass
@@ -59,6 +59,18 @@ def build_load(events: int, tenants: int, month: str, seed: int = 42) -> Load:
             seen.add(identity)
             load.usage.append(record)
     return load
+
+
+def unkeyed(records: list[Record], share: float) -> list[Record]:
+    """The records with no key for every `1/share`-th of them (evenly spread), as an unkeyed
+    producer sends them: they land on any partition and the worker moves them home."""
+    if share <= 0:
+        return records
+    every = 1 / share
+    return [
+        (None if int(i / every) != int((i + 1) / every) else key, value)
+        for i, (key, value) in enumerate(records)
+    ]
 
 
 def fresh_ids(records: list[Record], tag: str) -> list[Record]:

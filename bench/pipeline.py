@@ -33,7 +33,15 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.load import Load, build_load, fast_producer, fresh_ids, produce_all, produce_steady
+from bench.load import (
+    Load,
+    build_load,
+    fast_producer,
+    fresh_ids,
+    produce_all,
+    produce_steady,
+    unkeyed,
+)
 from bench.readmodel import consume_baseline
 from bench.report import report
 from bench.stack import Component, cpu_seconds, environment, histogram_quantile, start
@@ -283,13 +291,16 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         month = previous_month(month_of(dt.datetime.now(dt.UTC), dt.UTC))
         say(f"generating {args.events:,} usage events for {args.tenants:,} tenants")
         load = build_load(args.events, args.tenants, month)
+        load.usage = unkeyed(load.usage, args.unkeyed)
         env = environment(broker.bootstrap, settings.topic_prefix, settings.app_id, workdir)
         env["METERING_PARTITIONS"] = str(args.partitions)
         components.append(start("projector", env, workdir))
         api_url = components[0].ready["api_url"]
         worker = start("worker", env, workdir)
         components.append(worker)
-        figures: dict[str, Any] = {"tenants": args.tenants, "partitions": args.partitions}
+        figures: dict[str, Any] = {
+            "tenants": args.tenants, "partitions": args.partitions, "unkeyed": args.unkeyed,
+        }  # fmt: skip
         say("end to end")
         cpu = {
             "worker": worker.process.pid,
@@ -343,6 +354,11 @@ def main() -> None:
     parser.add_argument(
         "--memory", type=lambda s: [int(x) for x in s.split(",")],
         default=[1_000_000, 5_000_000], help="comma-separated event counts (default 1M,5M)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--unkeyed", type=float, default=0.0,
+        help="share of usage records sent without a key (0-1): they land on any partition, "
+        "and the worker moves those off their tenant's partition (default 0: all keyed)",
     )  # fmt: skip
     parser.add_argument(
         "--quick", action="store_true",

@@ -22,6 +22,9 @@ from projections.events import CloseMarkerSeen, UsageRecorded
 from schemas.usage import Service
 
 SERVICES = tuple(s.value for s in Service)
+# Every usage record ends in one: events produced = accepted + duplicate + dead-lettered, per
+# service; a moved record is counted again where its copy lands, as one of the others.
+OUTCOMES = ("accepted", "duplicate", "moved", "recopied")
 LEVELS = ("warning", "exceeded", "package")
 # Seconds from an event to the state that counts it: sub-second when live, hours on a backfill.
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400, float("inf"))
@@ -60,7 +63,9 @@ class WorkerMetrics:
         )  # fmt: skip
         self.events = Counter(
             "metering_events",
-            "Usage events by service and outcome: accepted (counted) or duplicate.",
+            "Usage records by service and outcome: accepted (counted), duplicate, moved (copied "
+            "to the tenant's partition, counted there) or recopied (a second copy of a moved "
+            "record, not an event of its own).",
             ["service", "outcome"],
             registry=registry,
         )
@@ -109,7 +114,7 @@ class WorkerMetrics:
         )  # fmt: skip
         # Every series a dashboard or rule reads exists from the start, at zero.
         for service in SERVICES:
-            for outcome in ("accepted", "duplicate"):
+            for outcome in OUTCOMES:
                 self.events.labels(service, outcome)
             for level in LEVELS:
                 self.crossings.labels(service, level)
@@ -122,10 +127,8 @@ class WorkerMetrics:
         for clock in ("event", "log"):
             self.lag.labels(clock)
 
-    def observe(
-        self, topic: str, decoded: Sequence[object], result: BatchResult, now: dt.datetime
-    ) -> None:
-        self.received.labels(topic).inc(len(decoded))
+    def observe(self, decoded: Sequence[object], result: BatchResult, now: dt.datetime) -> None:
+        """Count a folded batch (the records taken are counted as they are taken, by topic)."""
         self.batch_size.observe(len(decoded))
         for (kind, outcome), count in result.outcomes.items():
             if kind in SERVICES:
@@ -169,6 +172,13 @@ class ReadModelMetrics:
             "metering_projector_rows", "Rows the projector wrote, by table.", ["table"],
             registry=registry,
         )  # fmt: skip
+        self.set_aside = Counter(
+            "metering_projector_set_aside",
+            "Records the projector could not write to their table and set aside (table "
+            "`set_aside`), by table and reason (`unwritable`, `invalid_record`).",
+            ["table", "reason"],
+            registry=registry,
+        )
         self.offset = Gauge(
             "metering_projector_offset", "Next offset the read model holds, per partition.",
             ["topic", "partition"], registry=registry,

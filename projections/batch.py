@@ -124,11 +124,13 @@ class _Counting:
 
 
 class _Batch:
-    def __init__(self, view: StateView, triggers: Triggers, barrier_topics: frozenset[str]) -> None:
+    def __init__(
+        self, view: StateView, triggers: Triggers, barrier_origins: frozenset[str]
+    ) -> None:
         self.view = view
         self.plan = triggers.plan
         self.triggers = triggers
-        self.barrier_topics = barrier_topics
+        self.barrier_origins = barrier_origins
         self.out = BatchResult()
         self.counting: dict[str, _Counting] = {}
 
@@ -167,6 +169,8 @@ class _Batch:
 
     def usage(self, event: UsageRecorded) -> None:
         key, offset = event.dedupe_key, event.position.offset
+        if self.copied_again(event):
+            return
         counting = self.counting.get(event.tenant)
         if counting is None:
             counting = _Counting(self.state(event.tenant, event.position.partition))
@@ -187,6 +191,21 @@ class _Batch:
         self.out.crossings.extend(counting.count(event, self.triggers))
         self.out.outcomes[(event.service.value, "accepted")] += 1
 
+    def copied_again(self, event: UsageRecorded) -> bool:
+        """Whether this is a second copy of a record moved to its tenant's partition (the
+        worker that moved it was killed before committing, or a new group replays): the
+        first copy decided, whether counted or duplicate; this one is no event of its own."""
+        copy_key = event.position.copy_key
+        if copy_key is None:
+            return False
+        claimed = self.claimed(copy_key)
+        if claimed is not None and claimed != event.position.offset:
+            self.out.outcomes[(event.service.value, "recopied")] += 1
+            return True
+        if claimed is None:
+            self.out.seen[copy_key] = (event.position.partition, event.month, event.position.offset)
+        return False
+
     def licence(self, event: LicenceSnapshotTaken) -> None:
         state, crossings = apply_licence(
             self.state(event.tenant, event.position.partition), event, self.plan
@@ -206,11 +225,11 @@ class _Batch:
         partition = event.position.partition
         key = f"{event.close_id}\x1f{partition}"
         before = self.out.barriers.get(key) or self.view.barrier(key)
-        if self.barrier_topics <= set(before):
+        if self.barrier_origins <= set(before):
             return  # this close already took effect here
-        after = tuple(sorted({*before, event.position.barrier_topic}))
+        after = tuple(sorted({*before, event.position.barrier_origin}))
         self.out.barriers[key] = after
-        if self.barrier_topics <= set(after):
+        if self.barrier_origins <= set(after):
             self.close(event.close_id, event.month, partition)
 
     def close(self, close_id: str, month: str, partition: int) -> None:
@@ -243,16 +262,17 @@ def fold_batch(
     items: Sequence[Decoded | DeadLetter],
     view: StateView,
     plan: Plan,
-    barrier_topics: frozenset[str],
+    barrier_origins: frozenset[str],
     triggers: Triggers | None = None,
 ) -> BatchResult:
-    """Apply records in log order; `barrier_topics` must all deliver a close marker in a
-    partition before the close takes effect there. A worker passes the same `triggers` to
+    """Apply records in log order; a close marker from each of `barrier_origins` (every
+    partition of every input topic, as `topic/partition`) must reach a partition before the
+    close takes effect there. A worker passes the same `triggers` to
     every batch (of the same plan), so that a tenant's levels are not worked out anew each
     time."""
     if triggers is None or triggers.plan is not plan:
         triggers = Triggers(plan)
-    batch = _Batch(view, triggers, barrier_topics)
+    batch = _Batch(view, triggers, barrier_origins)
     for item in items:
         if isinstance(item, UsageRecorded):
             batch.usage(item)

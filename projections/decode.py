@@ -14,6 +14,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from billing.plan import Plan
+from projections.binding import Headers, header_bytes, header_echo, is_binary, structured
 from projections.events import (
     CloseMarkerSeen,
     Decoded,
@@ -24,12 +25,20 @@ from projections.events import (
     trusted,
 )
 from projections.months import month_end, month_of
+from projections.rejection import Rejected as Rejected  # re-exported: callers catch it here
 from schemas.envelope import MAX_ATTRIBUTE_LENGTH, CloudEvent
 from schemas.licenses import LICENSES_CHANGED, TENANT_REGISTERED, LicensesChanged
 from schemas.licenses import TenantRegistered as TenantRegisteredData
 from schemas.records import CLOSE_REQUESTED, DeadLetter, MonthCloseRequested
 from schemas.system_events import SYSTEM_EVENT_TYPES, SystemEventData
-from schemas.usage import MAX_QUANTITY, USAGE_TYPES, QuantityUsed, Service, StorageMeasured
+from schemas.usage import (
+    MAX_BYTES,
+    MAX_QUANTITY,
+    USAGE_TYPES,
+    QuantityUsed,
+    Service,
+    StorageMeasured,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -46,14 +55,6 @@ REASONS = (
     "empty", "too_large", "bad_json", "missing_field", "invalid_field", "unknown_type", "future",
     "too_late", "no_plan", "unroutable",
 )  # fmt: skip
-
-
-class Rejected(Exception):
-    def __init__(self, reason: str, field: str | None, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.field = field
-        self.detail = detail
 
 
 def _field_of(loc: tuple[int | str, ...], prefix: str = "") -> str:
@@ -192,8 +193,8 @@ def _plain_usage(obj: Any, position: Position, plan: Plan) -> UsageRecorded | No
     ):  # fmt: skip
         return None
     amount = data.get("bytes" if service is Service.STORAGE else "quantity")
-    low = 0 if service is Service.STORAGE else 1
-    if type(amount) is not int or not low <= amount <= MAX_QUANTITY:
+    low, high = (0, MAX_BYTES) if service is Service.STORAGE else (1, MAX_QUANTITY)
+    if type(amount) is not int or not low <= amount <= high:
         return None
     try:
         at = dt.datetime.fromisoformat(time)
@@ -212,17 +213,26 @@ def _plain_usage(obj: Any, position: Position, plan: Plan) -> UsageRecorded | No
     )  # fmt: skip
 
 
-def decode(value: bytes | None, position: Position, plan: Plan) -> Decoded | DeadLetter:
-    """Decode a record of `usage-events` or `licenses` (by the event's type)."""
+def _binary(value: bytes | None, headers: Headers) -> dict[str, Any]:
+    if (size := len(value or b"") + header_bytes(headers)) > MAX_EVENT_BYTES:
+        raise Rejected("too_large", None, f"{size} bytes; at most {MAX_EVENT_BYTES}")
+    return structured(headers, value)
+
+
+def decode(
+    value: bytes | None, position: Position, plan: Plan, headers: Headers | None = None
+) -> Decoded | DeadLetter:
+    """Decode a record of `usage-events` or `licenses` (by the event's type), in CloudEvents
+    structured mode (the value is the event) or binary mode (`ce_` headers, data as value)."""
     try:
-        obj = _json(value)
+        obj = _binary(value, headers) if headers and is_binary(headers) else _json(value)
     except Rejected as rejected:
-        return dead_letter(value, position, rejected)
-    return _plain_usage(obj, position, plan) or validated(value, obj, position, plan)
+        return dead_letter(value, position, rejected, headers)
+    return _plain_usage(obj, position, plan) or validated(value, obj, position, plan, headers)
 
 
 def validated(
-    value: bytes | None, obj: Any, position: Position, plan: Plan
+    value: bytes | None, obj: Any, position: Position, plan: Plan, headers: Headers | None = None
 ) -> Decoded | DeadLetter:
     """`decode` by the models alone: every record the plain path declines comes here."""
     try:
@@ -236,7 +246,7 @@ def validated(
             return _licence(event, position)
         raise Rejected("unknown_type", "type", f"unknown event type {event.type!r}")
     except Rejected as rejected:
-        return dead_letter(value, position, rejected)
+        return dead_letter(value, position, rejected, headers, obj)
 
 
 def admit(obj: Any, received: dt.datetime, plan: Plan) -> tuple[str, CloudEvent]:
@@ -265,15 +275,19 @@ def admit(obj: Any, received: dt.datetime, plan: Plan) -> tuple[str, CloudEvent]
     raise Rejected("unknown_type", "type", f"unknown event type {event.type!r}")
 
 
-def check_system_event(value: bytes | None, position: Position) -> DeadLetter | None:
+def check_system_event(
+    value: bytes | None, position: Position, headers: Headers | None = None
+) -> DeadLetter | None:
     """A record of `system-events` that the list could not show becomes a dead letter."""
+    obj = None
     try:
-        event = parse_envelope(value)
+        obj = _binary(value, headers) if headers and is_binary(headers) else _json(value)
+        event = parse_envelope(value, obj)
         if event.type not in SYSTEM_EVENT_TYPES:
             raise Rejected("unknown_type", "type", f"unknown event type {event.type!r}")
         _data(SystemEventData, event)
     except Rejected as rejected:
-        return dead_letter(value, position, rejected)
+        return dead_letter(value, position, rejected, headers, obj)
     return None
 
 
@@ -282,8 +296,26 @@ def payload_text(value: bytes | None) -> str:
     return raw.decode("utf-8", errors="backslashreplace")
 
 
-def dead_letter(value: bytes | None, position: Position, rejected: Rejected) -> DeadLetter:
+def tenant_of(obj: Any, headers: Headers | None) -> str | None:
+    """The tenant a rejected record names, if it names one readably (for finding it later)."""
+    subject = obj.get("subject") if isinstance(obj, dict) else None
+    if subject is None:
+        subject = header_echo(headers).get("ce_subject")
+    if isinstance(subject, str) and 0 < len(subject) <= MAX_ATTRIBUTE_LENGTH:
+        return subject
+    return None
+
+
+def dead_letter(
+    value: bytes | None,
+    position: Position,
+    rejected: Rejected,
+    headers: Headers | None = None,
+    obj: Any = None,
+) -> DeadLetter:
     return DeadLetter(
+        tenant=tenant_of(obj, headers),
+        headers=header_echo(headers) or None,
         id=f"{position.topic}/{position.partition}/{position.offset}",
         topic=position.topic,
         partition=position.partition,

@@ -34,13 +34,23 @@ class Position(BaseModel):
     partition: int
     offset: int
     log_time: dt.datetime
-    # The topic a forwarded record was first written to (licence records reach the usage log
-    # through the worker's forwarder); a close marker counts for its origin's barrier.
+    # A record the worker copied to its tenant's partition of the usage log (every licence
+    # record, and usage written to another partition) names where it was first written:
+    # `topic/partition`, and the offset there. `log_time` is then the original's.
     origin: str | None = None
+    origin_offset: int | None = None
 
     @property
-    def barrier_topic(self) -> str:
-        return self.origin or self.topic
+    def barrier_origin(self) -> str:
+        """Whose close marker this is: a partition closes once it has every origin's."""
+        return self.origin or f"{self.topic}/{self.partition}"
+
+    @property
+    def copy_key(self) -> str | None:
+        """A dedupe key for the original of a copy: a second copy of it is no new event."""
+        if self.origin is None:
+            return None
+        return f"\x1e{self.origin}/{self.origin_offset}"
 
 
 class UsageRecorded(BaseModel):

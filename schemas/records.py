@@ -79,6 +79,13 @@ class DeadLetter(BaseModel):
     field: str | None
     detail: str
     payload: str = Field(description="The rejected bytes, as text where they decode (truncated).")
+    tenant: str | None = Field(
+        default=None, description="The tenant the record names (`subject`), where readable."
+    )
+    headers: dict[str, str] | None = Field(
+        default=None,
+        description="The record's headers as text (binary mode: the `ce_` attributes), bounded.",
+    )
 
 
 class MonthCloseRequested(BaseModel):

@@ -11,6 +11,8 @@ python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 # Debian's Prometheus (and check rules with its promtool).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+# The client tests produce with kcat (librdkafka's CLI) as producers do.
+command -v kcat >/dev/null 2>&1 || command -v kafkacat >/dev/null 2>&1 || missing+=(kcat)
 if ((${#missing[@]})); then
   echo "installing ${missing[*]} ..." >&2
   apt-get update -q

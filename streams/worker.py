@@ -20,6 +20,7 @@ import logging
 import signal
 import time
 import uuid
+from collections import Counter
 from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -33,36 +34,33 @@ from observability.exposition import serve
 from observability.metrics import WorkerMetrics
 from projections.batch import BatchResult, fold_batch
 from projections.decode import check_system_event, decode
-from projections.events import Position, UsageRecorded, trusted
+from projections.events import CloseMarkerSeen, Decoded, Position, UsageRecorded, trusted
 from projections.months import auto_close_due
 from projections.tenant import Triggers
+from schemas.records import DeadLetter
+from streams import routing
 from streams.commands import request_close
-from streams.kafka import new_producer, require_started
+from streams.kafka import new_producer, partitions_of, require_started
 from streams.outputs import Outputs, load_emitted
+from streams.routing import Route
 from streams.seen import SeenIndex, index_path
 from streams.store import Store, ensure_changelogs, restore
 
 log = logging.getLogger("metering.worker")
 
-FORWARDED_FROM = "metering-forwarded-from"
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 
 def position_of(record: Record) -> Position:
-    """Where a record sits; a forwarded licence record also names the topic it came from."""
-    origin = None
-    for name, value in record.headers or ():
-        if name == FORWARDED_FROM and value:
-            origin = bytes(value).decode().rsplit("/", 2)[0]
+    """Where a record sits; a copy also names its original and takes its log time."""
     # Built from the broker's own fields: nothing to validate, and it is done for every record.
     return trusted(
         Position,
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        log_time=dt.datetime.fromtimestamp(record.timestamp / 1000, dt.UTC),
-        origin=origin,
-    )
+        **routing.position(
+            record.topic, record.partition, record.offset, record.timestamp,
+            record.headers or (),
+        ),
+    )  # fmt: skip
 
 
 class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no types
@@ -73,7 +71,8 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
         self.metrics = WorkerMetrics(CollectorRegistry())
         self._index: SeenIndex | None = None  # built by run(): it is a file
         self._store: Store | None = None
-        self.barrier_topics = frozenset(self.topics.inputs)
+        self.barrier_origins: frozenset[str] = frozenset()  # known once the topics are
+        self.partitions = 0  # of the usage log
         self.triggers = Triggers(plan)
         self.stopping = asyncio.Event()
         self.assigned = asyncio.Event()
@@ -170,52 +169,73 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
         self.last_flush = time.monotonic()
 
     async def fold(self, fetched: dict[TopicPartition, list[Record]]) -> None:
-        usage: list[Record] = []
+        here: list[Decoded | DeadLetter] = []
+        moved: Counter[tuple[str, str]] = Counter()
         for tp, records in fetched.items():
             if not records:
                 continue
-            if tp.topic == self.topics.usage:
-                usage.extend(records)
-            elif tp.topic == self.topics.licenses:
-                await self.forward(records)
-            else:
-                await self.check_system(records)
             self.metrics.received.labels(tp.topic).inc(len(records))
+            if tp.topic == self.topics.system:
+                await self.check_system(records)
+            else:
+                here.extend(await self.route(records, tp.topic == self.topics.usage, moved))
             self.folded[tp] = records[-1].offset + 1
-        if usage:
-            decoded = [decode(r.value, position_of(r), self.plan) for r in usage]
-            self.store.prefetch(e.dedupe_key for e in decoded if isinstance(e, UsageRecorded))
-            result = fold_batch(decoded, self.store, self.plan, self.barrier_topics, self.triggers)
+        if here or moved:
+            usage = [e.dedupe_key for e in here if isinstance(e, UsageRecorded)]
+            copies = [e.position.copy_key for e in here if isinstance(e, UsageRecorded)]
+            self.store.prefetch([*usage, *(key for key in copies if key)])
+            result = fold_batch(here, self.store, self.plan, self.barrier_origins, self.triggers)
+            result.outcomes.update(moved)
             await self.send(result)
             self.store.apply(result)
-            self.metrics.observe(self.topics.usage, decoded, result, dt.datetime.now(dt.UTC))
+            self.metrics.observe(here, result, dt.datetime.now(dt.UTC))
             if result.closes:
                 log.info("closed %s", ", ".join(f"{c.month} p{c.partition}" for c in result.closes))
 
     async def send(self, result: BatchResult) -> None:
         self.pending.extend(await self.outputs.send(result))
 
-    async def forward(self, records: list[Record]) -> None:
-        # Licence records are copied into the same partition of the usage topic, so that one
-        # partition's order decides which seats a usage event is rated with, live and on
-        # replay alike. Applying a copy twice (a restart, a replay) changes nothing.
+    async def route(
+        self, records: list[Record], in_usage_log: bool, moved: Counter[tuple[str, str]]
+    ) -> list[Decoded | DeadLetter]:
+        """Decode one partition's records in order; return those folded here and copy the
+        others to their tenant's partition (see `streams.routing`). A copy is sent before
+        any later record of the same partition, so a close marker follows what preceded it."""
+        here: list[Decoded | DeadLetter] = []
         for record in records:
-            origin = f"{record.topic}/{record.partition}/{record.offset}".encode()
-            self.pending.append(
-                await self.producer.send(
-                    self.topics.usage,
-                    record.value,
-                    key=record.key,
-                    partition=record.partition,
-                    headers=[(FORWARDED_FROM, origin)],
-                )
+            item = decode(record.value, position_of(record), self.plan, record.headers)
+            where = routing.route(item, in_usage_log, self.partitions)
+            if where in (Route.FOLD, Route.FOLD_AND_SPREAD):
+                here.append(item)
+            if where is Route.MOVE and not isinstance(item, DeadLetter | CloseMarkerSeen):
+                await self.copy(record, routing.home(item.tenant, self.partitions))
+                kind = item.service.value if isinstance(item, UsageRecorded) else "licence"
+                moved[(kind, "moved")] += 1
+            elif where in (Route.SPREAD, Route.FOLD_AND_SPREAD):
+                for partition in range(self.partitions):
+                    if not (in_usage_log and partition == record.partition):
+                        await self.copy(record, partition)
+        return here
+
+    async def copy(self, record: Record, partition: int) -> None:
+        headers = routing.copy_headers(
+            list(record.headers or ()), record.topic, record.partition, record.offset,
+            record.timestamp,
+        )  # fmt: skip
+        self.pending.append(
+            await self.producer.send(
+                self.topics.usage, record.value, key=record.key, partition=partition,
+                headers=headers,
             )
+        )  # fmt: skip
 
     async def check_system(self, records: list[Record]) -> None:
         # System events carry no billing state (the read model keeps their list); the worker
         # only makes sure that none it could not read goes unnoticed: each is dead-lettered.
         letters = [
-            letter for r in records if (letter := check_system_event(r.value, position_of(r)))
+            letter
+            for r in records
+            if (letter := check_system_event(r.value, position_of(r), r.headers))
         ]
         self.metrics.dead_lettered([letter.reason for letter in letters])
         if letters:
@@ -273,6 +293,13 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), self.settings.auto_close_check)
 
+    async def learn_layout(self) -> None:
+        """The usage log's partition count (tenants' homes) and the close barrier's origins:
+        every partition of both input topics."""
+        layout = await partitions_of(self.settings, *self.topics.inputs)
+        self.partitions = sum(1 for tp in layout if tp.topic == self.topics.usage)
+        self.barrier_origins = frozenset(f"{tp.topic}/{tp.partition}" for tp in layout)
+
     async def announce(self) -> None:
         url = serve(self.metrics.registry, self.settings.metrics_host, self.settings.metrics_port)
         log.info("metrics at %s", url)
@@ -295,6 +322,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
             self._outputs = Outputs(self.producer, self.topics, await load_emitted(self.settings))
             await self._consumer.start()
             await ensure_changelogs(self.settings)
+            await self.learn_layout()
             inputs = [*self.topics.inputs, self.topics.system]
             self._consumer.subscribe(inputs, listener=self)
             helpers = [asyncio.ensure_future(c) for c in (self.announce(), self.auto_close())]

@@ -159,15 +159,20 @@ def audit(cur: duckdb.DuckDBPyConnection, month: str, usage_topic: str) -> list[
         raise QueryError(f"{month} has not been closed; nothing to audit")
     upto = f"""
         SELECT "partition", max(took_effect) AS before FROM (
-            SELECT m."partition", m.data->>'$.close_id' AS close_id,
-                   greatest(min(m."offset") FILTER (WHERE m.forwarded_from IS NULL),
-                            min(m."offset") FILTER (WHERE m.forwarded_from IS NOT NULL))
-                     AS took_effect
-            FROM raw_events m
-            WHERE m.topic = '{usage_topic}' AND m.type = '{CLOSE_REQUESTED}'
-              AND EXISTS (SELECT 1 FROM month_closes c WHERE c.close_id = m.data->>'$.close_id'
-                          AND c."partition" = m."partition")
-            GROUP BY m."partition", close_id
+            -- a close takes effect at the marker of the last origin (input partition) to
+            -- reach the partition: the greatest of each origin's first marker
+            SELECT "partition", close_id, max(first_marker) AS took_effect FROM (
+                SELECT m."partition", m.data->>'$.close_id' AS close_id,
+                       COALESCE(regexp_extract(m.forwarded_from, '^(.*)/[0-9]+$', 1),
+                                m.topic || '/' || m."partition") AS origin,
+                       min(m."offset") AS first_marker
+                FROM raw_events m
+                WHERE m.topic = '{usage_topic}' AND m.type = '{CLOSE_REQUESTED}'
+                  AND EXISTS (SELECT 1 FROM month_closes c
+                              WHERE c.close_id = m.data->>'$.close_id'
+                                AND c."partition" = m."partition")
+                GROUP BY ALL
+            ) GROUP BY ALL
         ) GROUP BY "partition"
     """  # noqa: S608 - the topic name is validated by Settings
     recomputed = _recomputed(cur, upto)

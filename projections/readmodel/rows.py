@@ -6,12 +6,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pyarrow as pa
 from pydantic import BaseModel, ValidationError
 
+from projections.binding import is_binary, structured
+from projections.rejection import Rejected
 from schemas.records import DeadLetter, InvoiceLine, MonthClosed, ThresholdCrossed
 
-FORWARDED_FROM = "metering-forwarded-from"
+FORWARDED_FROM = (
+    "metering-forwarded-from"  # streams.routing writes it; readmodel may not import streams
+)
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,17 @@ class Record:
 
 def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode("utf-8", errors="backslashreplace")
+
+
+def _event_text(record: Record) -> str | None:
+    """The record as a structured-mode event: a binary-mode record (attributes in `ce_`
+    headers) is archived as the one JSON object it stands for; an unreadable one as it is."""
+    if record.headers and is_binary(record.headers):
+        try:
+            return orjson.dumps(structured(record.headers, record.value)).decode()
+        except Rejected:
+            pass
+    return _text(record.value)
 
 
 def raw_batch(records: Sequence[Record]) -> pa.Table:
@@ -46,7 +62,7 @@ def raw_batch(records: Sequence[Record]) -> pa.Table:
                 ],
                 pa.string(),
             ),
-            "value": pa.array([_text(r.value) for r in records], pa.string()),
+            "value": pa.array([_event_text(r) for r in records], pa.string()),
         }
     )
 
@@ -61,7 +77,9 @@ def _model_row(model: type[BaseModel], record: Record) -> dict[str, Any] | None:
     if provenance:
         row.update(provenance)
     for key, value in row.items():
-        if hasattr(value, "value") and not isinstance(value, int):
+        if isinstance(value, dict):
+            row[key] = orjson.dumps(value).decode()  # a JSON column
+        elif hasattr(value, "value") and not isinstance(value, int):
             row[key] = value.value  # enums to their wire text
     return row
 

@@ -13,6 +13,21 @@ import duckdb
 from billing.plan import Plan
 from schemas.usage import USAGE_TYPES
 
+# Column widths: the largest values that valid events can lead to (schemas/usage.py bounds an
+# event to MAX_QUANTITY = 10^9 and MAX_BYTES = 10^15). A partition takes well under 10^6
+# records per second and a month has at most 2.68 * 10^6 seconds, so fewer than 2.7 * 10^12
+# records; we allow E = 10^13 events per partition and month (all of its tenants together).
+# - usage (base units): a sum, <= E * 10^9 = 10^22; storage is a peak, <= 10^15. HUGEINT
+#   holds 1.7 * 10^38; DECIMAL(38, 9) in billing units keeps 29 integer digits.
+# - packages: <= the overage in base units (a package is >= 1 unit), <= 10^22. Today's
+#   smallest package is 1,000 units: 10^19 packages, beyond BIGINT (9.2 * 10^18): HUGEINT.
+# - amount = packages * unit price: today 10^19 * 32.40 = 3.24 * 10^20, beyond DECIMAL(18, 2)
+#   (10^16); any plan (price < 10^14, the plan column) gives < 10^22 * 10^14 = 10^36, which
+#   DECIMAL(38, 2) holds; so do month_closes.amount (a sum over one partition's lines, within
+#   the same E) and every invoice total. Python computes in int and Decimal: 3.24 * 10^20 with
+#   its cents is 23 digits, inside the default 28-digit context.
+# Before this bound, one event of 3 * 10^12 chats overflowed `threshold_crossings.package`
+# (INTEGER) and stopped the projector. `WIDENED` upgrades files made before.
 TABLES = """
 CREATE TABLE IF NOT EXISTS offsets (
     topic VARCHAR NOT NULL, "partition" INTEGER NOT NULL, next_offset BIGINT NOT NULL,
@@ -26,19 +41,21 @@ CREATE TABLE IF NOT EXISTS invoice_lines (
     id VARCHAR PRIMARY KEY, invoice_month VARCHAR NOT NULL, usage_month VARCHAR NOT NULL,
     tenant VARCHAR NOT NULL, service VARCHAR NOT NULL, kind VARCHAR NOT NULL,
     usage DECIMAL(38, 9) NOT NULL, unit VARCHAR, users BIGINT, included DECIMAL(38, 9),
-    packages BIGINT NOT NULL, unit_price DECIMAL(18, 4) NOT NULL, amount DECIMAL(18, 2) NOT NULL,
+    packages HUGEINT NOT NULL, unit_price DECIMAL(18, 4) NOT NULL, amount DECIMAL(38, 2) NOT NULL,
     currency VARCHAR NOT NULL, plan_version VARCHAR NOT NULL, events BIGINT,
     "partition" INTEGER, first_offset BIGINT, last_offset BIGINT, close_id VARCHAR);
 CREATE TABLE IF NOT EXISTS threshold_crossings (
     id VARCHAR PRIMARY KEY, tenant VARCHAR NOT NULL, service VARCHAR NOT NULL,
-    usage_month VARCHAR NOT NULL, level VARCHAR NOT NULL, package INTEGER,
+    usage_month VARCHAR NOT NULL, level VARCHAR NOT NULL, package HUGEINT,
     usage HUGEINT, included HUGEINT, users BIGINT, crossed_by VARCHAR, crossed_at TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id VARCHAR PRIMARY KEY, topic VARCHAR, "partition" INTEGER, "offset" BIGINT,
     reason VARCHAR NOT NULL, field VARCHAR, detail VARCHAR, payload VARCHAR);
+ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS tenant VARCHAR;
+ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS headers JSON;
 CREATE TABLE IF NOT EXISTS month_closes (
     id VARCHAR PRIMARY KEY, close_id VARCHAR NOT NULL, month VARCHAR NOT NULL,
-    "partition" INTEGER NOT NULL, tenants BIGINT, lines BIGINT, amount DECIMAL(18, 2));
+    "partition" INTEGER NOT NULL, tenants BIGINT, lines BIGINT, amount DECIMAL(38, 2));
 CREATE TABLE IF NOT EXISTS plan_versions (
     version VARCHAR PRIMARY KEY, effective_from DATE NOT NULL, currency VARCHAR NOT NULL,
     billing_timezone VARCHAR NOT NULL);
@@ -47,7 +64,34 @@ CREATE TABLE IF NOT EXISTS plan_rates (
     max_users BIGINT, included HUGEINT NOT NULL, package HUGEINT NOT NULL,
     price DECIMAL(18, 4) NOT NULL, unit VARCHAR NOT NULL, unit_size BIGINT NOT NULL,
     unit_factor DECIMAL(38, 18) NOT NULL);
+CREATE TABLE IF NOT EXISTS set_aside (
+    topic VARCHAR NOT NULL, "partition" INTEGER NOT NULL, "offset" BIGINT NOT NULL,
+    "table" VARCHAR NOT NULL, reason VARCHAR NOT NULL, detail VARCHAR, payload VARCHAR,
+    set_aside_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (topic, "partition", "offset"));
 """
+
+# Columns widened since the first release: (table, column, type). A file made before is
+# upgraded in place at start; these tables hold a few rows per tenant and month, so the
+# rewrite is cheap.
+WIDENED = (
+    ("invoice_lines", "packages", "HUGEINT"),
+    ("invoice_lines", "amount", "DECIMAL(38,2)"),
+    ("threshold_crossings", "package", "HUGEINT"),
+    ("month_closes", "amount", "DECIMAL(38,2)"),
+)
+
+
+def widen(con: duckdb.DuckDBPyConnection) -> None:
+    """Bring the columns of an older file to the widths of `TABLES` (see `WIDENED`)."""
+    for table, column, type_ in WIDENED:
+        found = con.execute(
+            "SELECT data_type FROM duckdb_columns() WHERE database_name = current_database() "
+            "AND schema_name = 'main' AND table_name = ? AND column_name = ?",
+            [table, column],
+        ).fetchone()
+        if found is not None and found[0] != type_:
+            # Only names and types of this module are interpolated.
+            con.execute(f'ALTER TABLE {table} ALTER COLUMN "{column}" TYPE {type_}')
 
 
 def _text_field(name: str) -> str:
@@ -143,8 +187,8 @@ SELECT tenant, month, service, (usage::DECIMAL(38, 0) * unit_factor)::DECIMAL(38
        CASE WHEN included = 0 THEN NULL
             ELSE ((usage * 1000 + included // 2) // included)::DECIMAL(38, 0) * 0.1 END
          AS percent,
-       packages::BIGINT AS packages, price AS unit_price,
-       round(packages::DECIMAL(38, 0) * price, 2)::DECIMAL(18, 2) AS amount, currency,
+       packages::HUGEINT AS packages, price AS unit_price,
+       round(packages::DECIMAL(38, 0) * price, 2)::DECIMAL(38, 2) AS amount, currency,
        plan_version, events, first_offset, last_offset
 FROM rated"""
 
@@ -159,6 +203,25 @@ SELECT r.*, d.reason, d.field, d.detail
 FROM raw_events r JOIN dead_letters d
   ON d.topic = r.topic AND d."partition" = r."partition" AND d."offset" = r."offset";
 
+-- The usage log as the worker folds it: each usage and licence record at its tenant's
+-- partition. A record written elsewhere was copied there (the copy names it in
+-- `forwarded_from`); the copy stands in its place, so that offsets, order and close cutoffs
+-- are the worker's. A second copy of the same original (a restarted worker) is left out.
+CREATE OR REPLACE VIEW folded_log AS
+SELECT r.* FROM raw_events r
+WHERE r.topic = '{usage_topic}'
+  AND CASE WHEN r.forwarded_from IS NULL
+           THEN NOT EXISTS (SELECT 1 FROM raw_events c
+                            WHERE c.topic = r.topic AND c.forwarded_from IS NOT NULL
+                              AND c.forwarded_from = r.topic || '/' || r."partition" || '/'
+                                                     || r."offset")
+           ELSE NOT EXISTS (SELECT 1 FROM raw_events c
+                            WHERE c.topic = r.topic AND c."partition" = r."partition"
+                              AND c.forwarded_from = r.forwarded_from
+                              AND c."offset" < r."offset") END
+  AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.topic = r.topic
+                  AND d."partition" = r."partition" AND d."offset" = r."offset");
+
 CREATE OR REPLACE VIEW usage_events AS
 SELECT r."partition", r."offset", r.log_time, r.subject AS tenant, r.source, r.id, r.time,
        {_service_case("r.type")} AS service,
@@ -166,18 +229,14 @@ SELECT r."partition", r."offset", r.log_time, r.subject AS tenant, r.source, r.i
        CASE WHEN r.type = 'metering.storage.measured'
             THEN TRY_CAST(r.data->>'$.bytes' AS HUGEINT)
             ELSE COALESCE(TRY_CAST(r.data->>'$.quantity' AS HUGEINT), 1) END AS amount
-FROM raw_events r
-WHERE r.topic = '{usage_topic}' AND r.forwarded_from IS NULL AND r.type IN ({usage_types})
-  AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.topic = r.topic
-                  AND d."partition" = r."partition" AND d."offset" = r."offset");
+FROM folded_log r
+WHERE r.type IN ({usage_types});
 
 CREATE OR REPLACE VIEW licence_snapshots AS
 SELECT r."partition", r."offset", r.subject AS tenant, r.time,
        TRY_CAST(r.data->>'$.users' AS BIGINT) AS users
-FROM raw_events r
-WHERE r.topic = '{usage_topic}' AND r.type = 'licensing.licenses.changed'
-  AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.topic = r.topic
-                  AND d."partition" = r."partition" AND d."offset" = r."offset");
+FROM folded_log r
+WHERE r.type = 'licensing.licenses.changed';
 
 CREATE OR REPLACE VIEW usage_monthly AS
 {monthly_usage(NO_CUTOFF, tz)};
@@ -281,6 +340,7 @@ def create(con: duckdb.DuckDBPyConnection, plan: Plan, usage_topic: str, system_
     """Create or upgrade the schema and (re)load the plan; idempotent."""
     con.execute("BEGIN")
     con.execute(TABLES)
+    widen(con)
     load_plan_tables(con, plan)
     con.execute(views(usage_topic, plan.versions[0].billing_timezone, system_topic))
     con.execute("COMMIT")

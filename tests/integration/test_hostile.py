@@ -21,6 +21,7 @@ from projections.decode import decode
 from projections.events import Position
 from projections.months import month_of
 from schemas.records import DeadLetter
+from schemas.usage import MAX_BYTES, MAX_QUANTITY
 from streams.kafka import producer
 from tests.conftest import Stack
 from tests.faults.harness import sql
@@ -61,6 +62,33 @@ HAND = {
                         "missing_field"),
     "NUL in id": (raw(id="a\x00b", data={"quantity": -5}), "invalid_field"),
 }  # fmt: skip
+
+CHAT, MAILING, STORAGE = (
+    "metering.chat.started",
+    "metering.mailing.sent",
+    "metering.storage.measured",
+)
+# Beyond the largest quantity or byte count one event may carry: once, these were accepted and
+# the read model's narrow columns stopped the projector for good (issue 13).
+OVERSIZE = {
+    "3 * 10^12 chats": (raw(type=CHAT, data={"quantity": 3_000_000_000_000}), "data.quantity"),
+    "2^63 - 1 e-mails": (raw(type=MAILING, data={"quantity": 2**63 - 1}), "data.quantity"),
+    "one over the bound": (raw(data={"quantity": MAX_QUANTITY + 1}), "data.quantity"),
+    "over a petabyte": (raw(type=STORAGE, data={"bytes": MAX_BYTES + 1}), "data.bytes"),
+    "2^63 - 1 bytes": (raw(type=STORAGE, data={"bytes": 2**63 - 1}), "data.bytes"),
+}  # fmt: skip
+HAND.update({name: (value, "invalid_field") for name, (value, _) in OVERSIZE.items()})
+
+
+def biggest(n: int, type_: str, data: dict[str, int]) -> dict[str, Any]:
+    """A valid event at the bound: the largest the read model must take from one event."""
+    return {**good(n, "biggest"), "type": type_, "data": data}
+
+
+BIGGEST = [
+    biggest(1, CHAT, {"quantity": MAX_QUANTITY}), biggest(2, CHAT, {"quantity": MAX_QUANTITY}),
+    biggest(3, MAILING, {"quantity": MAX_QUANTITY}), biggest(4, STORAGE, {"bytes": MAX_BYTES}),
+]  # fmt: skip
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -105,7 +133,7 @@ def generated() -> list[bytes]:
 def test_hostile_records_are_dead_lettered_and_good_ones_counted(stack: Stack) -> None:
     stack.create_topics()
     worker = stack.start_worker()
-    stack.start_projector()
+    projector = stack.start_projector()
     settings_ = Settings(kafka_bootstrap=stack.env["METERING_KAFKA_BOOTSTRAP"],
                          topic_prefix=stack.env["METERING_TOPIC_PREFIX"])  # fmt: skip
     topics = settings_.topics
@@ -124,6 +152,8 @@ def test_hostile_records_are_dead_lettered_and_good_ones_counted(stack: Stack) -
                 await client.send(topics.usage, value, key=b"hostile")
                 n += 1
             await client.send(topics.usage, orjson.dumps(good(n)), key=b"good")
+            for event in BIGGEST:
+                await client.send(topics.usage, orjson.dumps(event), key=b"biggest")
             for value in list(HAND.values())[:5]:
                 await client.send(topics.licenses, value[0], key=b"hostile")
                 await client.send(topics.system, value[0], key=b"hostile")
@@ -131,10 +161,14 @@ def test_hostile_records_are_dead_lettered_and_good_ones_counted(stack: Stack) -
 
     asyncio.run(write())
     letters = sql(stack, 'SELECT topic, reason FROM dead_letters ORDER BY topic, "offset"')
-    # Licence records travel on through the usage log, so theirs are dead-lettered there.
+    # The worker reads a licence record to find its tenant's partition: a bad one is
+    # dead-lettered where it was written, and never travels on.
     first_five = [reason for _, reason in list(HAND.values())[:5]]
     on_usage = [r["reason"] for r in letters if r["topic"] == topics.usage]
-    assert sorted(on_usage) == sorted(expected_bad + first_five)
+    assert sorted(on_usage) == sorted(expected_bad)
+    assert sorted(r["reason"] for r in letters if r["topic"] == topics.licenses) == sorted(
+        first_five
+    )
     assert sorted(r["reason"] for r in letters if r["topic"] == topics.system) == sorted(first_five)
     assert len(letters) == len(expected_bad) + 10
     counted = sql(stack, "SELECT sum(events) AS n FROM usage_monthly "
@@ -159,3 +193,39 @@ def test_hostile_records_are_dead_lettered_and_good_ones_counted(stack: Stack) -
     api.close()
     assert sum(answers.values()) == 2 * len(corpus)
     assert sum(n for status, n in answers.items() if 400 <= status < 500) >= 2 * len(expected_bad)
+    oversize_refused_with_reason(stack)
+    assert projector.poll() is None, "the projector stopped"
+    assert worker.poll() is None, "the worker died on hostile input"
+
+
+def oversize_refused_with_reason(stack: Stack) -> None:
+    """Each oversize event is one dead letter naming its field, and a 400 naming it over
+    HTTP; the largest valid events are counted and rated to the cent; and reads, `/readyz`
+    and the projector carry on."""
+    letters = sql(stack, "SELECT payload, reason, field FROM dead_letters")
+    for value, field in OVERSIZE.values():
+        found = [(r["reason"], r["field"]) for r in letters if r["payload"] == value.decode()]
+        assert found == [("invalid_field", field)], (value, found)
+    api = httpx.Client(base_url=stack.env["METERING_API_URL"], timeout=60)
+    for value, field in OVERSIZE.values():
+        answer = api.post("/v1/events", content=value,
+                          headers={"Content-Type": "application/cloudevents+json"})  # fmt: skip
+        assert answer.status_code == 400, answer.text
+        [error] = answer.json()["errors"]
+        assert (error["reason"], error["field"]) == ("invalid_field", field), error
+    usage = {s["service"]: s for s in stack.json("usage", "biggest", MONTH)}
+    # 2 * 10^9 chats over 1,500 included: 1,999,999 packages of 1,000 at 32.40
+    assert (usage["chat"]["usage"], usage["chat"]["packages"]) == ("2000000000", 1_999_999)
+    assert usage["chat"]["amount"] == "64799967.60"
+    assert (usage["mailing"]["packages"], usage["mailing"]["amount"]) == (20_000, "648000.00")
+    assert usage["storage"]["usage"] == "1000000"  # GB: 10^15 bytes
+    assert (usage["storage"]["packages"], usage["storage"]["amount"]) == (19_999, "647967.60")
+    crossings = api.get("/v1/threshold-crossings", params={"month": MONTH, "tenant": "biggest"})
+    assert crossings.status_code == 200, crossings.text
+    packages = [c["package"] for c in crossings.json()["crossings"] if c["service"] == "chat"]
+    assert max(p for p in packages if p is not None) == 1_999_999
+    assert sql(stack, "SELECT count(*) AS n FROM set_aside") == [{"n": 0}]
+    ready = api.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert api.get("/healthz").status_code == 200
+    api.close()

@@ -228,8 +228,9 @@ def test_the_plain_path_takes_the_common_shape() -> None:
 def test_trusted_positions_equal_validated_ones() -> None:
     fields = {
         "topic": "usage-events", "partition": 3, "offset": 11, "log_time": LOG_TIME,
-        "origin": "licenses",
+        "origin": "licenses/3", "origin_offset": 17,
     }  # fmt: skip
     made = trusted(Position, **fields)
-    assert made == Position(**fields) and made.barrier_topic == "licenses"
+    assert made == Position(**fields) and made.barrier_origin == "licenses/3"
+    assert made.copy_key == "\x1elicenses/3/17"
     assert made.model_dump_json() == Position(**fields).model_dump_json()

@@ -26,7 +26,9 @@ from tests.factories import licence, usage
 
 PLAN = load_plan()
 UTC = dt.UTC
-BARRIER = frozenset({"usage-events", "licenses"})
+# Two partitions of the usage log and one of the licence topic: a partition closes once the
+# marker from each has reached it (its own directly, the others as copies).
+BARRIER = frozenset({"usage-events/0", "usage-events/1", "licenses/0"})
 GB = 10**9
 
 
@@ -68,10 +70,11 @@ def close(month: str, close_id: str = "c1", partition: int = 0) -> list[CloseMar
                 partition=partition,
                 offset=0,
                 log_time=at,
-                origin=None if topic == "usage-events" else topic,
+                origin=None if origin == f"usage-events/{partition}" else origin,
+                origin_offset=None if origin == f"usage-events/{partition}" else 0,
             ),
         )
-        for topic in sorted(BARRIER)
+        for origin in sorted(BARRIER)
     ]
 
 

@@ -91,7 +91,7 @@ def test_worker_counts_a_batch_by_service_and_outcome() -> None:
     events = [first, second, again]
     result = fold_batch(events, MemoryState(), plan, frozenset({"usage-events"}))
     now = dt.datetime(2026, 11, 2, tzinfo=UTC)
-    metrics.observe("usage-events", events, result, now)
+    metrics.observe(events, result, now)
 
     def value(name: str, **labels: str) -> float | None:
         return metrics.registry.get_sample_value(name, labels)

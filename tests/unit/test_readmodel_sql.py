@@ -143,3 +143,39 @@ def test_finance_sql_is_read_only(tmp_path: Path) -> None:
                 read_only_sql(cur, sql)
         assert cur.execute("SELECT count(*) FROM invoice_lines").fetchone() == (0,)
     projector.close()
+
+
+def test_moved_records_count_once_before_and_after_their_copies_arrive(tmp_path: Path) -> None:
+    """An unkeyed producer wrote a tenant's chats to partition 1; the worker copied them to
+    the tenant's partition 0, one of them twice (it was restarted). The archive holds
+    originals and copies; the views count each event once, before and after the copies."""
+
+    def chat(id_: str, quantity: int) -> bytes:
+        return orjson.dumps({
+            "specversion": "1.0", "id": id_, "source": "crm/chat",
+            "type": "metering.chat.started", "subject": "tenant-00001",
+            "time": f"{MONTH}-10T12:00:00Z", "data": {"quantity": quantity},
+        })  # fmt: skip
+
+    def copy(offset: int, of: int, value: bytes) -> Record:
+        headers = ((FORWARDED_FROM, f"usage-events/1/{of}".encode()),)
+        return Record("usage-events", 0, offset, LOG_MS, None, value, headers)
+
+    e1, e2, e3 = chat("1", 5), chat("2", 7), chat("3", 11)
+    originals = [Record("usage-events", 1, n, LOG_MS, None, v) for n, v in enumerate([e1, e2, e1])]
+    direct = [Record("usage-events", 0, 0, LOG_MS, b"tenant-00001", e3)]
+    copies = [copy(1, 0, e1), copy(2, 1, e2), copy(3, 0, e1), copy(4, 2, e1)]
+    projector = Projector(Settings(kafka_bootstrap="unused:1"), PLAN, tmp_path / "rm.duckdb")
+
+    def chats() -> tuple[str, int, int]:
+        with projector.reader() as cur:
+            row = next(r for r in usage(cur, "tenant-00001", MONTH) if r["service"] == "chat")
+            logged = cur.execute("SELECT count(*) FROM usage_events").fetchone()
+        assert logged is not None
+        return row["usage"], row["events"], logged[0]
+
+    projector.write(originals + direct)
+    assert chats() == ("23", 3, 4)  # the duplicate (third original) is logged, not counted
+    projector.write(copies)
+    # originals give way to their copies; the second copy of the first one is no record
+    assert chats() == ("23", 3, 4)
