@@ -7,6 +7,8 @@ import itertools
 import json
 from typing import Any
 
+from cloudevents.core.v1.event import CloudEvent
+
 from api.auth import key_hash
 from projections.events import LicenceSnapshotTaken, Position, UsageRecorded
 from schemas.usage import Service
@@ -87,3 +89,14 @@ def stored_keys(keys: dict[str, str]) -> str:
         else:
             entries.append({"role": "tenant", "tenant": name, "sha256": key_hash(key)})
     return json.dumps(entries)
+
+
+def sdk_event(**attributes: Any) -> CloudEvent:
+    data = attributes.pop("data", {"quantity": 3})
+    base = {
+        "id": "e1", "source": "crm/mail", "type": "metering.mailing.sent",
+        "subject": "tenant-1", "time": dt.datetime(2026, 10, 10, 12, tzinfo=dt.UTC),
+        "datacontenttype": "application/json",
+    }  # fmt: skip
+    base.update(attributes)
+    return CloudEvent(attributes=base, data=data)

@@ -169,3 +169,16 @@ def second_invoice(c: MonthCase) -> list[Line]:
         ("acme", m1, "customer_center", "overage", "5000", 60, "2000", 3, "32.40", "97.20"),
         ("acme", m1, "form", "overage", "5000", 60, "2000", 3, "32.40", "97.20"),
     ]
+
+
+# The dead letters the integration test expects from the workers (the first two bad lines
+# never reach Kafka: `metering send` refuses them).
+WORKER_LETTERS = {
+    ("invalid_field", "data.quantity"),
+    ("unknown_type", "type"),
+    ("invalid_field", "data.bytes"),
+    ("invalid_field", "time"),
+    ("future", "time"),
+    ("missing_field", "subject"),
+    ("missing_field", "data.scope"),
+}

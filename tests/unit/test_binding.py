@@ -8,7 +8,6 @@ from typing import Any
 import orjson
 from cloudevents.core.bindings import http, kafka
 from cloudevents.core.formats.json import JSONFormat
-from cloudevents.core.v1.event import CloudEvent
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,21 +16,11 @@ from projections.binding import HTTP_PREFIX, structured
 from projections.decode import decode
 from projections.events import Position
 from schemas.records import DeadLetter
+from tests.factories import sdk_event
 
 PLAN = load_plan()
 LOG_TIME = dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)
 POSITION = Position(topic="usage-events", partition=2, offset=7, log_time=LOG_TIME)
-
-
-def sdk_event(**attributes: Any) -> CloudEvent:
-    data = attributes.pop("data", {"quantity": 3})
-    base = {
-        "id": "e1", "source": "crm/mail", "type": "metering.mailing.sent",
-        "subject": "tenant-1", "time": dt.datetime(2026, 10, 10, 12, tzinfo=dt.UTC),
-        "datacontenttype": "application/json",
-    }  # fmt: skip
-    base.update(attributes)
-    return CloudEvent(attributes=base, data=data)
 
 
 def test_the_sdks_binary_and_structured_kafka_messages_decode_alike() -> None:

@@ -11,13 +11,13 @@ from typing import Any
 import orjson
 import pytest
 from cloudevents.core.bindings import http
-from cloudevents.core.v1.event import CloudEvent
 from fastapi import HTTPException
 from starlette.requests import Request
 
 from api.ingest import BatchRejected, Ingestor
 from billing.plan import load_plan
 from metering.settings import Settings
+from tests.factories import sdk_event
 
 PLAN = load_plan()
 NOW = dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)
@@ -62,17 +62,6 @@ def request(headers: dict[str, str] | list[tuple[bytes, bytes]], body: bytes) ->
         return {"type": "http.request", "body": body, "more_body": False}
 
     return Request(scope, receive)
-
-
-def sdk_event(**attributes: Any) -> CloudEvent:
-    data = attributes.pop("data", {"quantity": 3})
-    base = {
-        "id": "e1", "source": "crm/mail", "type": "metering.mailing.sent",
-        "subject": "tenant-1", "time": dt.datetime(2026, 10, 10, 12, tzinfo=dt.UTC),
-        "datacontenttype": "application/json",
-    }  # fmt: skip
-    base.update(attributes)
-    return CloudEvent(attributes=base, data=data)
 
 
 def offer(ingest: Ingestor, headers: Any, body: bytes) -> int:

@@ -27,6 +27,7 @@ from projections.months import month_of
 from schemas.records import DeadLetter, InvoiceLine
 from tests.month_case import (
     RUN_TIME,
+    WORKER_LETTERS,
     Line,
     MonthCase,
     bad,
@@ -42,18 +43,6 @@ PLAN = load_plan()
 UTC = dt.UTC
 USAGE_TOPIC, LICENCE_TOPIC = "usage-events", "licenses"
 BARRIER = frozenset({f"{USAGE_TOPIC}/0", f"{LICENCE_TOPIC}/0"})
-
-# The dead letters the integration test expects from the workers (the first two bad lines
-# never reach Kafka: `metering send` refuses them).
-WORKER_LETTERS = {
-    ("invalid_field", "data.quantity"),
-    ("unknown_type", "type"),
-    ("invalid_field", "data.bytes"),
-    ("invalid_field", "time"),
-    ("future", "time"),
-    ("missing_field", "subject"),
-    ("missing_field", "data.scope"),
-}
 
 
 def day(text: str) -> dt.datetime:
