@@ -26,6 +26,7 @@ The partition count of the usage log must not change while the group's state is 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from enum import Enum
 
@@ -45,9 +46,11 @@ class Route(Enum):
     SPREAD = "spread"  # a close marker on the licence topic: to every partition
 
 
+@functools.lru_cache(maxsize=65_536)
 def home(tenant: str, partitions: int) -> int:
     """The partition of the usage log that holds `tenant`'s state: the one the default
-    partitioner of Kafka's Java client (and aiokafka's) picks for the key `tenant`."""
+    partitioner of Kafka's Java client (and aiokafka's) picks for the key `tenant`.
+    Remembered: aiokafka's murmur2 is pure Python, and every usage record asks."""
     hashed: int = murmur2(tenant.encode())
     return (hashed & 0x7FFFFFFF) % partitions
 
