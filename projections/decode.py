@@ -213,7 +213,11 @@ def _plain_usage(obj: Any, position: Position, plan: Plan) -> UsageRecorded | No
     )  # fmt: skip
 
 
-def _binary(value: bytes | None, headers: Headers) -> dict[str, Any]:
+def _object(value: bytes | None, headers: Headers | None) -> Any:
+    """The record as one JSON value: the value itself (structured mode), or the event its
+    `ce_` headers and value stand for (binary mode); raises Rejected."""
+    if not headers or not is_binary(headers):
+        return _json(value)
     if (size := len(value or b"") + header_bytes(headers)) > MAX_EVENT_BYTES:
         raise Rejected("too_large", None, f"{size} bytes; at most {MAX_EVENT_BYTES}")
     return structured(headers, value)
@@ -225,7 +229,7 @@ def decode(
     """Decode a record of `usage-events` or `licenses` (by the event's type), in CloudEvents
     structured mode (the value is the event) or binary mode (`ce_` headers, data as value)."""
     try:
-        obj = _binary(value, headers) if headers and is_binary(headers) else _json(value)
+        obj = _object(value, headers)
     except Rejected as rejected:
         return dead_letter(value, position, rejected, headers)
     return _plain_usage(obj, position, plan) or validated(value, obj, position, plan, headers)
@@ -281,7 +285,7 @@ def check_system_event(
     """A record of `system-events` that the list could not show becomes a dead letter."""
     obj = None
     try:
-        obj = _binary(value, headers) if headers and is_binary(headers) else _json(value)
+        obj = _object(value, headers)
         event = parse_envelope(value, obj)
         if event.type not in SYSTEM_EVENT_TYPES:
             raise Rejected("unknown_type", "type", f"unknown event type {event.type!r}")

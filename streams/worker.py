@@ -181,9 +181,13 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
                 here.extend(await self.route(records, tp.topic == self.topics.usage, moved))
             self.folded[tp] = records[-1].offset + 1
         if here or moved:
-            usage = [e.dedupe_key for e in here if isinstance(e, UsageRecorded)]
-            copies = [e.position.copy_key for e in here if isinstance(e, UsageRecorded)]
-            self.store.prefetch([*usage, *(key for key in copies if key)])
+            keys = []
+            for item in here:
+                if isinstance(item, UsageRecorded):
+                    keys.append(item.dedupe_key)
+                    if (copy_key := item.position.copy_key) is not None:
+                        keys.append(copy_key)
+            self.store.prefetch(keys)
             result = fold_batch(here, self.store, self.plan, self.barrier_origins, self.triggers)
             result.outcomes.update(moved)
             await self.send(result)
