@@ -25,12 +25,25 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from billing.plan import DEFAULT_PLAN
 
 
-class ApiKey(BaseModel):
-    """One API key as stored: its SHA-256 (`metering key new` prints one), never the key."""
+Role = Literal["producer", "licensing", "operations", "finance", "tenant", "metrics"]
 
-    role: Literal["producer", "finance", "tenant"]
+
+class ApiKey(BaseModel):
+    """One API key as stored: its SHA-256 (`metering key new` prints one), never the key.
+
+    Roles (SECURITY.md): `producer` posts usage events, `licensing` licence snapshots,
+    `operations` system events; `finance` reads everything; `tenant` reads its own tenant;
+    `metrics` scrapes `/metrics`. A producer key may be limited to `sources` and `tenants`."""
+
+    role: Role
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     tenant: str | None = None
+    sources: list[str] | None = Field(
+        default=None, description="A producer key: the event sources it may post as."
+    )
+    tenants: list[str] | None = Field(
+        default=None, description="A producer key: the tenants it may post usage of."
+    )
 
     @model_validator(mode="after")
     def _tenant_keys_name_a_tenant(self) -> ApiKey:
@@ -138,7 +151,42 @@ class Settings(BaseSettings):
     )
     api_key: SecretStr | None = Field(default=None, description="The key the CLI presents.")
     ingest_max_events: int = Field(default=1000, ge=1, le=100_000)
-    ingest_max_bytes: int = Field(default=1 << 20, ge=1024)
+    ingest_max_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+    http_max_body: int = Field(
+        default=16 << 10,
+        ge=1024,
+        le=64 << 20,
+        description="Bytes a request body may have on any route but ingest and SQL.",
+    )
+    sql_max_bytes: int = Field(
+        default=64 << 10, ge=1024, le=16 << 20, description="Bytes a finance SQL request may have."
+    )
+    sql_timeout: float = Field(
+        default=30.0, gt=0, le=3600, description="Seconds a finance SQL query may run."
+    )
+    sql_max_rows: int = Field(
+        default=100_000, ge=1, le=10_000_000, description="Rows a finance SQL answer holds at most."
+    )
+    sql_concurrency: int = Field(
+        default=2, ge=1, le=64, description="Finance SQL queries that may run at once."
+    )
+    duckdb_memory_limit: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]+(\.[0-9]+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="DuckDB's memory_limit for the read model (e.g. 2GB); default DuckDB's.",
+    )
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs /ui sessions; unset: a random one per process (sign in again "
+        "after a restart). Share it between replicas behind one address.",
+    )
+    session_ttl: dt.timedelta = Field(
+        default=dt.timedelta(hours=8), description="How long a /ui sign-in lasts."
+    )
+    cookie_secure: bool = Field(
+        default=False,
+        description="Mark /ui cookies Secure even on plain HTTP (behind a TLS proxy).",
+    )
     ready_file: Path | None = Field(
         default=None, description="Written by a worker once it has partitions and state."
     )

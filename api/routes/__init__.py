@@ -1,0 +1,1 @@
+"""One `APIRouter` per area of the HTTP API; `api.app.create_api` mounts them."""
