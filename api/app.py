@@ -8,7 +8,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from api.deps import wait_fresh
+from api.headers import install_security_headers
 from api.ingest import Ingestor
+from api.limits import install_body_limits
 from api.metrics import instrument
 from api.routes import finance, health, ingest, reads
 from api.service import ReadModelService
@@ -26,5 +28,9 @@ def create_api(service: ReadModelService) -> FastAPI:
         await wait_fresh(service)
 
     register_web(app, service, fresh)
+    # Middleware added later wraps what came before: the body limit is the outermost layer,
+    # so an oversized body is refused before metrics, headers, routing or a key are looked at.
     instrument(app, service.metrics)
+    install_security_headers(app, service.settings)
+    install_body_limits(app, service.settings)
     return app
