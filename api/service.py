@@ -5,22 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
+from api.replace import Paths, ReplaceRefused, answer, check, expected_columns, swap, taken
 from billing.plan import Plan
 from metering.settings import Settings
 from observability.metrics import ReadModelMetrics
-from projections.readmodel.projector import Projector
+from projections.readmodel.projector import Projector, table_of
 from streams.progress import NotCaughtUp, OffsetsProbe, behind
 
 T = TypeVar("T")
+log = logging.getLogger("metering.api")
 
 
 class ReadModelService:
@@ -33,6 +36,7 @@ class ReadModelService:
         self.projector: Projector | None = None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._answering: asyncio.Task[None] | None = None
         self.probe = OffsetsProbe(settings)
 
     @property
@@ -47,6 +51,8 @@ class ReadModelService:
         self.projector.on_set_aside = self._count_set_aside
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(self.projector.run(self._stop), name="projector")
+        if self._answering is None:
+            self._answering = asyncio.create_task(self.answer_requests(), name="replace")
 
     def _count_rows(self, by_table: dict[str, int]) -> None:
         for table, rows in by_table.items():
@@ -57,6 +63,10 @@ class ReadModelService:
 
     async def close(self) -> None:
         """Stop for good: the projector and the Kafka clients of the freshness probe."""
+        if self._answering is not None:
+            self._answering.cancel()
+            await asyncio.wait([self._answering])
+            self._answering = None
         await self.stop()
         await self.probe.stop()
 
@@ -118,24 +128,37 @@ class ReadModelService:
                 raise NotCaughtUp(f"the read model is {missing} records behind the topics")
             await asyncio.sleep(0.05)
 
-    async def replace(self, path: Path) -> dict[str, Any]:
-        """Swap in a rebuilt file (from `metering replay`) and continue from its offsets."""
-        if not await asyncio.to_thread(_beside, path, self.path):
-            # Only a file rebuilt beside the live one: the API must not load arbitrary files.
-            raise PermissionError(f"{path} is not in {self.path.parent}")
-        if not await asyncio.to_thread(path.exists):
-            raise FileNotFoundError(f"{path} does not exist")
+    async def replace(self) -> None:
+        """Swap in the file `metering replay` rebuilt beside the live one and continue from its
+        offsets, once it has been opened and checked; a refused file leaves the live one
+        serving (raises ReplaceRefused with the problems)."""
+        paths = Paths(self.path)
+        expected = await asyncio.to_thread(
+            expected_columns, self.plan, self.settings.topics.usage, self.settings.topics.system
+        )
+        projector = self.projector
+        tables = projector.tables if projector is not None else table_of(self.settings)
+        ends = await self.probe.end_offsets(*tables)
+        problems = await asyncio.to_thread(check, paths.candidate, expected, ends)
+        if problems:
+            raise ReplaceRefused(problems)
         await self.stop()
-        await asyncio.to_thread(_move, path, self.path)
+        await asyncio.to_thread(swap, paths.candidate, self.path)
         await self.start()
-        return {"replaced": str(self.path)}
 
-
-def _move(source: Path, target: Path) -> None:
-    """Replace the read model file; a replayed file is closed, so it has no WAL to carry."""
-    os.replace(source, target)
-    target.with_name(target.name + ".wal").unlink(missing_ok=True)
-
-
-def _beside(candidate: Path, live: Path) -> bool:
-    return candidate.resolve().parent == live.resolve().parent
+    async def answer_requests(self, every: float = 0.5) -> None:
+        """Answer replace requests left in the data dir by `metering replay`, until cancelled."""
+        paths = Paths(self.path)
+        while True:
+            request = await asyncio.to_thread(taken, paths)
+            if request is not None:
+                problems: list[str] = []
+                try:
+                    await self.replace()
+                except ReplaceRefused as refused:
+                    problems = refused.problems
+                    log.warning("%s", refused)
+                except (KafkaError, OSError) as exc:
+                    problems = [f"the topics' end offsets could not be read: {exc!r}"]
+                await asyncio.to_thread(answer, paths, request, problems)
+            await asyncio.sleep(every)

@@ -1,13 +1,14 @@
 """`metering replay`: rebuild the read model from the topics into a fresh file, then swap it in.
 
-The running projector (if any) is asked to swap the file and continue from its offsets, so
-nothing written meanwhile is lost; without one, the file is simply replaced.
+The running projector (if any) is asked, through a request file in the data dir, to check the
+file and swap it in and continue from its offsets, so nothing written meanwhile is lost;
+without one, the file is checked here and then replaces the live one. A file that fails the
+check (tables, columns, offsets) is never swapped in; the live one keeps serving.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from pathlib import Path
@@ -15,10 +16,12 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-from metering.cli_common import call_api, cli_plan, cli_settings, run_async
+from api.replace import Paths, answered, ask, check, expected_columns, swap
+from billing.plan import Plan
+from metering.cli_common import cli_plan, cli_settings, run_async
 from metering.client import ApiError, request
 from metering.settings import Settings, SettingsError
-from projections.readmodel.projector import Projector
+from projections.readmodel.projector import Projector, table_of
 from streams.kafka import end_offsets
 
 
@@ -45,7 +48,8 @@ def replay(output: Path | None) -> None:
     progress bar, then swap it in for the live one."""
     settings = cli_settings()
     plan = cli_plan(settings)
-    target = output or live_path(settings).with_suffix(".replay.duckdb")
+    paths = Paths(live_path(settings))
+    target = output or paths.candidate
     for leftover in (target, target.with_name(target.name + ".wal")):
         leftover.unlink(missing_ok=True)
 
@@ -75,7 +79,35 @@ def replay(output: Path | None) -> None:
     if output is not None:
         return
     if _api_running(settings):
-        call_api(settings, "POST", "/v1/admin/replace", json={"path": str(target.resolve())})
+        _ask_projector(paths)
     else:
-        os.replace(target, live_path(settings))
-    click.echo(f"the read model {live_path(settings)} is now the replayed one")
+        _swap_here(settings, plan, paths)
+    click.echo(f"the read model {paths.live} is now the replayed one")
+
+
+def _ask_projector(paths: Paths, timeout: float = 300) -> None:
+    request = ask(paths)
+    deadline = time.monotonic() + timeout
+    while (found := answered(paths, request)) is None:
+        if time.monotonic() > deadline:
+            raise click.ClickException(
+                f"the projector did not answer the replace request within {timeout:.0f}s; "
+                f"is it running with the data dir of {paths.live}?"
+            )
+        time.sleep(0.2)
+    if not found["replaced"]:
+        raise click.ClickException(_refusal(found["problems"]))
+
+
+def _swap_here(settings: Settings, plan: Plan, paths: Paths) -> None:
+    expected = expected_columns(plan, settings.topics.usage, settings.topics.system)
+    ends = run_async(end_offsets(settings, tuple(table_of(settings))))
+    problems = check(paths.candidate, expected, ends)
+    if problems:
+        raise click.ClickException(_refusal(problems))
+    swap(paths.candidate, paths.live)
+
+
+def _refusal(problems: list[str]) -> str:
+    lines = "\n".join(f"  - {problem}" for problem in problems)
+    return f"the rebuilt read model was not swapped in; the live one keeps serving:\n{lines}"
