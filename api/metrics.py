@@ -8,16 +8,19 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 
 import duckdb
 from aiokafka.errors import KafkaError
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from api.deps import service_of
 from api.service import ReadModelService
 from metering.clock import Clock, system_clock
+from observability.access import CHALLENGE, REFUSALS, scrape_status
 from observability.figures import figures, windows
 from observability.metrics import ReadModelMetrics
 from projections.months import month_of
@@ -47,7 +50,13 @@ def instrument(app: FastAPI, metrics: ReadModelMetrics) -> None:
             metrics.http_seconds.labels(route).observe(time.perf_counter() - started)
 
     @app.get("/metrics", include_in_schema=False)
-    async def exposition() -> Response:
+    async def exposition(request: Request) -> Response:
+        # Revenue and usage are in here: with keys configured, only a metrics key may look.
+        keys = service_of(request).settings.api_keys
+        status = scrape_status(keys, request.headers.get("authorization"))
+        if status in REFUSALS:
+            challenge = CHALLENGE if status is HTTPStatus.UNAUTHORIZED else None
+            raise HTTPException(status, REFUSALS[status], headers=challenge)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

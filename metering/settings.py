@@ -244,9 +244,16 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _keys_outside_loopback(self) -> Settings:
-        if not self.api_keys and self.api_host not in {"127.0.0.1", "localhost", "::1"}:
+        loopback = {"127.0.0.1", "localhost", "::1"}
+        if not self.api_keys and self.api_host not in loopback:
             raise ValueError(
                 "api_keys: an API listening beyond loopback needs keys (METERING_API_KEYS)"
+            )
+        if not self.api_keys and self.metrics_host not in loopback:
+            # Without keys /metrics is open, and it shows revenue and usage.
+            raise ValueError(
+                "api_keys: /metrics served beyond loopback needs keys (METERING_API_KEYS, "
+                "with a metrics key for Prometheus)"
             )
         return self
 

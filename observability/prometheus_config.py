@@ -11,19 +11,29 @@ from pathlib import Path
 RULES = Path(__file__).resolve().parent.parent / "ops" / "prometheus" / "rules"
 
 
-def scrape_config(metrics_urls: dict[str, str], interval: str = "15s", rules: Path = RULES) -> str:
-    """`metrics_urls` maps a job name (metering-worker, metering-projector) to its /metrics."""
+def scrape_config(
+    metrics_urls: dict[str, str],
+    interval: str = "15s",
+    rules: Path = RULES,
+    credentials_file: Path | None = None,
+) -> str:
+    """`metrics_urls` maps a job name (metering-worker, metering-projector) to its /metrics;
+    `credentials_file` holds a metrics key, which every job then sends as a bearer token
+    (needed once METERING_API_KEYS is set: every /metrics then wants that key)."""
     jobs = []
     for job, url in sorted(metrics_urls.items()):
         parts = urllib.parse.urlsplit(url)
-        jobs.append(
-            {
-                "job_name": job,
-                "metrics_path": parts.path or "/metrics",
-                "scheme": parts.scheme or "http",
-                "static_configs": [{"targets": [parts.netloc]}],
-            }
-        )
+        scrape: dict[str, object] = {
+            "job_name": job,
+            "metrics_path": parts.path or "/metrics",
+            "scheme": parts.scheme or "http",
+            "static_configs": [{"targets": [parts.netloc]}],
+        }
+        if credentials_file is not None:
+            # A file, not the key itself: the printed configuration holds no secret, and
+            # Prometheus re-reads the file on every scrape, so a new key needs no reload.
+            scrape["authorization"] = {"type": "Bearer", "credentials_file": str(credentials_file)}
+        jobs.append(scrape)
     config = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [str(rules / "*.yml")],

@@ -305,7 +305,12 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
         self.barrier_origins = frozenset(f"{tp.topic}/{tp.partition}" for tp in layout)
 
     async def announce(self) -> None:
-        url = serve(self.metrics.registry, self.settings.metrics_host, self.settings.metrics_port)
+        url = serve(
+            self.metrics.registry,
+            self.settings.metrics_host,
+            self.settings.metrics_port,
+            self.settings.api_keys,
+        )
         log.info("metrics at %s", url)
         await self.assigned.wait()
         ready_file = self.settings.ready_file

@@ -3,12 +3,14 @@ scraping a running stack, promtool on the rules, the compose file's references."
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from metering.broker import stop_process
 from observability.prometheus_config import scrape_config
 from projections.months import month_of, next_month, previous_month
 from tests.conftest import Stack
+from tests.factories import stored_keys
 
 pytestmark = pytest.mark.integration
 
@@ -62,6 +65,22 @@ def test_alert_rules_pass_promtool_checks_and_unit_tests() -> None:
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
+def test_the_compose_prometheus_config_passes_promtool(tmp_path: Path) -> None:
+    """With the container's paths (the rules, the key secret) pointed at local files."""
+    key_file = tmp_path / "metrics-key"
+    key_file.write_text("a-metrics-key\n")
+    text = (OPS / "prometheus" / "prometheus.yml").read_text()
+    text = text.replace("/run/secrets/metrics-key", str(key_file))
+    text = text.replace("/etc/prometheus/rules", str(OPS / "prometheus" / "rules"))
+    config = tmp_path / "prometheus.yml"
+    config.write_text(text)
+    checked = subprocess.run(
+        [tool("promtool"), "check", "config", str(config)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 def test_compose_file_refers_to_files_that_exist_and_agree() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     for name, service in compose["services"].items():
@@ -75,6 +94,15 @@ def test_compose_file_refers_to_files_that_exist_and_agree() -> None:
     prometheus = yaml.safe_load((OPS / "prometheus" / "prometheus.yml").read_text())
     jobs = {job["job_name"] for job in prometheus["scrape_configs"]}
     assert jobs == {"metering-worker", "metering-projector"}
+    # Compose runs with API keys, so every job sends the metrics key that compose mounts.
+    assert all(
+        "METERING_API_KEYS" in compose["services"][s]["environment"] for s in ("worker", "api")
+    )
+    mounted = compose["services"]["prometheus"]["secrets"]
+    assert set(mounted) <= set(compose["secrets"])
+    for job in prometheus["scrape_configs"]:
+        key_file = job["authorization"]["credentials_file"]
+        assert key_file.removeprefix("/run/secrets/") in mounted, job["job_name"]
     rules = yaml.safe_load((OPS / "prometheus" / "rules" / "metering.yml").read_text())
     ruled_jobs = {j for g in rules["groups"] for r in g["rules"] for j in jobs if j in r["expr"]}
     assert ruled_jobs == jobs
@@ -114,6 +142,36 @@ def wait_for(check: Any, timeout: float, what: str) -> Any:
         time.sleep(0.5)
 
 
+@contextlib.contextmanager
+def prometheus_on(config: str, tmp_path: Path) -> Iterator[httpx.Client]:
+    """Debian's Prometheus with `config`, ready; yields a client of its HTTP API."""
+    port = free_port()
+    config_file = tmp_path / "prometheus.yml"
+    config_file.write_text(config)
+    log = (tmp_path / "prometheus.log").open("wb")
+    prometheus = subprocess.Popen(
+        [tool("prometheus"), f"--config.file={config_file}",
+         f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    try:
+
+        def ready() -> bool:
+            try:
+                return api.get("/-/ready").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(ready, 60, "Prometheus to start")
+        yield api
+    finally:
+        api.close()
+        stop_process(prometheus.pid, timeout=20)
+        prometheus.wait(timeout=20)
+        log.close()
+
+
 def test_every_dashboard_panel_has_data_and_a_crossing_alert_fires(
     stack: Stack, tmp_path: Path
 ) -> None:
@@ -131,33 +189,14 @@ def test_every_dashboard_panel_has_data_and_a_crossing_alert_fires(
     lines = stack.json("invoice", next_month(month))
     assert lines, "the generated month must bill something, or the money panels test nothing"
 
-    port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        scrape_config(
-            {
-                "metering-worker": orjson.loads(worker_ready)["metrics_url"],
-                "metering-projector": stack.env["METERING_API_URL"] + "/metrics",
-            },
-            interval="1s",
-        )
+    config = scrape_config(
+        {
+            "metering-worker": orjson.loads(worker_ready)["metrics_url"],
+            "metering-projector": stack.env["METERING_API_URL"] + "/metrics",
+        },
+        interval="1s",
     )
-    log = (tmp_path / "prometheus.log").open("wb")
-    prometheus = subprocess.Popen(
-        [tool("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
-    try:
-
-        def ready() -> bool:
-            try:
-                return api.get("/-/ready").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(ready, 60, "Prometheus to start")
+    with prometheus_on(config, tmp_path) as api:
 
         def targets_up() -> bool:
             active = api.get("/api/v1/targets").json()["data"]["activeTargets"]
@@ -200,8 +239,48 @@ def test_every_dashboard_panel_has_data_and_a_crossing_alert_fires(
         # A worker that stops is noticed: its target goes down (the alert waits a minute).
         stack.stop(worker)
         wait_for(lambda: query('up{job="metering-worker"} == 0'), 30, "the worker to be down")
-    finally:
-        api.close()
-        stop_process(prometheus.pid, timeout=20)
-        prometheus.wait(timeout=20)
-        log.close()
+
+
+def test_with_api_keys_only_a_metrics_key_scrapes(stack: Stack, tmp_path: Path) -> None:
+    """With METERING_API_KEYS set, Prometheus scrapes both processes with the metrics key of
+    `--credentials-file`; without it, or with a finance key, every target is down."""
+    secrets = {"metrics": "metrics-key-for-prometheus", "finance": "finance-key-not-a-scraper"}
+    keys = stored_keys(secrets)
+    stack.create_topics()
+    _, worker_ready = stack.start("worker", METERING_API_KEYS=keys)
+    stack.start_projector(METERING_API_KEYS=keys)
+    urls = {
+        "metering-worker": orjson.loads(worker_ready)["metrics_url"],
+        "metering-projector": stack.env["METERING_API_URL"] + "/metrics",
+    }
+    (tmp_path / "metrics.key").write_text(secrets["metrics"] + "\n")
+    (tmp_path / "finance.key").write_text(secrets["finance"] + "\n")
+    # One Prometheus, three pairs of jobs: the metrics key, no key, a finance key.
+    config = json.loads(scrape_config(urls, "1s"))
+    config["scrape_configs"] = [
+        {**job, "job_name": prefix + job["job_name"]}
+        for prefix, key_file in (
+            ("", "metrics.key"),
+            ("no-key-", None),
+            ("finance-", "finance.key"),
+        )
+        for job in json.loads(
+            scrape_config(urls, "1s", credentials_file=tmp_path / key_file if key_file else None)
+        )["scrape_configs"]
+    ]
+    with prometheus_on(json.dumps(config), tmp_path) as api:
+
+        def scraped() -> dict[str, tuple[str, str]]:
+            active = api.get("/api/v1/targets").json()["data"]["activeTargets"]
+            found = {t["labels"]["job"]: (t["health"], t["lastError"]) for t in active}
+            # Until its first scrape a target's health is "unknown".
+            done = len(found) == 6 and all(health != "unknown" for health, _ in found.values())
+            return found if done else {}
+
+        found = wait_for(scraped, 60, "every target to be scraped once")
+    for job in urls:
+        assert found[job] == ("up", ""), job
+        health, error = found["no-key-" + job]
+        assert health == "down" and "401" in error, (job, error)
+        health, error = found["finance-" + job]
+        assert health == "down" and "403" in error, (job, error)

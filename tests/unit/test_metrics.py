@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from prometheus_client import CollectorRegistry, Histogram
 
 from billing.plan import load_plan
@@ -126,3 +129,32 @@ def samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
         for s in family.samples
         if not s.name.endswith("_created")
     }
+
+
+def test_prometheus_config_sends_the_metrics_key_file_from_every_job(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from metering import cli
+
+    urls = {"metering-worker": "http://127.0.0.1:9100/metrics",
+            "metering-projector": "http://127.0.0.1:8000/metrics"}  # fmt: skip
+    (tmp_path / "stack.json").write_text(json.dumps({"metrics": urls}))
+    key_file = tmp_path / "metrics.key"
+    key_file.write_text("a-metrics-key\n")
+    monkeypatch.chdir(tmp_path)  # a relative path: Prometheus would read it from elsewhere
+    monkeypatch.setenv("METERING_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("METERING_API_KEYS", json.dumps([{"role": "metrics", "sha256": "0" * 64}]))
+    done = CliRunner().invoke(cli.main, ["prometheus-config", "--credentials-file", "metrics.key"])
+    assert done.exit_code == 0, done.output
+    jobs = json.loads(done.stdout)["scrape_configs"]  # JSON is YAML
+    bearer = {"type": "Bearer", "credentials_file": str(key_file.resolve())}
+    assert [job.get("authorization") for job in jobs] == [bearer, bearer]
+    assert "a-metrics-key" not in done.output
+    assert done.stderr == ""
+
+    bare = CliRunner().invoke(cli.main, ["prometheus-config"])
+    assert bare.exit_code == 0, bare.output
+    assert all("authorization" not in job for job in json.loads(bare.stdout)["scrape_configs"])
+    assert "--credentials-file" in bare.stderr  # keys set, no key file: said, not refused
+    shown = CliRunner().invoke(cli.main, ["prometheus-config", "--help"]).output
+    assert "--credentials-file" in shown and "METERING_API_KEYS" in shown
