@@ -28,8 +28,10 @@ def create_api(service: ReadModelService) -> FastAPI:
         await wait_fresh(service)
 
     register_web(app, service, fresh)
-    # Middleware added later wraps what came before: the body limit is the outermost layer,
-    # so an oversized body is refused before metrics, headers, routing or a key are looked at.
+    # Middleware added later wraps what came before: the body limit is the outermost
+    # add_middleware layer, so an oversized body is refused before metrics, routing or a key
+    # are looked at. The headers layer wraps the whole built stack (Starlette's error layer
+    # included), so every answer carries them; it reads nothing.
     instrument(app, service.metrics)
     install_security_headers(app, service.settings)
     install_body_limits(app, service.settings)

@@ -1,33 +1,49 @@
 """API keys: stored as SHA-256 hashes in the settings, compared in constant time, never logged.
 
-Roles: `producer` may only ingest; `finance` may read everything; `tenant` may read its own
-tenant only (another tenant's data answers 404, so its existence does not leak).
+Roles: `producer` posts usage events, `licensing` licence snapshots and registrations,
+`operations` system events; a posting key may be limited to `sources` and `tenants`.
+`finance` reads everything; `tenant` reads its own tenant only (another tenant's data answers
+404, so its existence does not leak); `metrics` scrapes `/metrics` and nothing else. A key
+outside its role answers 403.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
 
 from metering.settings import ApiKey
+from observability.access import key_hash as key_hash  # re-exported: what a key is stored as
+from observability.access import matching_key
+from schemas.envelope import CloudEvent
 
 OPEN = "open"  # no keys configured: a loopback-only API for the local stack
+
+# What each posting role may post: the kind of topic its events go to (as
+# `projections.decode.admit` names it). A product service holds a producer key, so it can
+# never change seats, which decide a tenant's band and so its bill.
+POSTS = {"producer": "usage", "licensing": "licenses", "operations": "system"}
+POSTERS = tuple(POSTS)
+_KIND_NAMES = {
+    "usage": "usage events",
+    "licenses": "licence snapshots and tenant registrations",
+    "system": "system events",
+}
+_POSTER_OF = {kind: role for role, kind in POSTS.items()}
 
 
 @dataclass(frozen=True)
 class Principal:
     role: str
     tenant: str | None = None
+    # A posting key's limits on the `source` and `subject` (tenant) of what it posts; None: any.
+    sources: frozenset[str] | None = None
+    tenants: frozenset[str] | None = None
 
     def may_read(self, tenant: str) -> bool:
         return self.role in {"finance", OPEN} or (self.role == "tenant" and self.tenant == tenant)
-
-
-def key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def presented_key(request: Request) -> str | None:
@@ -42,14 +58,15 @@ def authenticate(keys: list[ApiKey], presented: str | None) -> Principal:
         return Principal(OPEN)
     if presented is None:
         raise HTTPException(401, "an API key is required (Authorization: Bearer <key>)")
-    digest = key_hash(presented)
-    found = None
-    for key in keys:  # every hash is compared, so timing does not tell which one matched
-        if hmac.compare_digest(digest, key.sha256):
-            found = key
+    found = matching_key(keys, presented)
     if found is None:
         raise HTTPException(401, "unknown API key")
-    return Principal(found.role, found.tenant)
+    return Principal(
+        found.role,
+        found.tenant,
+        sources=None if found.sources is None else frozenset(found.sources),
+        tenants=None if found.tenants is None else frozenset(found.tenants),
+    )
 
 
 def require(principal: Principal, *roles: str) -> None:
@@ -58,5 +75,38 @@ def require(principal: Principal, *roles: str) -> None:
 
 
 def require_tenant(principal: Principal, tenant: str) -> None:
+    # Only a tenant key asking for another tenant is told "no such tenant"; a key that reads
+    # no tenant at all (producer, metrics, ...) is refused as such, which leaks nothing.
+    require(principal, "finance", "tenant")
     if not principal.may_read(tenant):
         raise HTTPException(404, f"no tenant {tenant!r}")
+
+
+def out_of_scope(principal: Principal, kind: str, event: CloudEvent) -> list[tuple[str, str]]:
+    """(field, why) for each way the key may not post `event`, which goes to the topic of
+    `kind`; empty when it may. The role decides the kinds, the limits the source and tenant."""
+    role = principal.role
+    if role == OPEN:
+        return []
+    if POSTS.get(role) != kind:
+        poster = _POSTER_OF.get(kind)
+        hint = f" ({_KIND_NAMES[kind]} take a {poster} key)" if poster else ""
+        return [("type", f"a {role} key may not post {event.type}{hint}")]
+    found = []
+    if principal.sources is not None and event.source not in principal.sources:
+        found.append(("source", f"this {role} key may not post as source {event.source!r}"))
+    if principal.tenants is not None and event.subject not in principal.tenants:
+        found.append(("subject", f"this {role} key may not post for tenant {event.subject!r}"))
+    return found
+
+
+def refusals(
+    principal: Principal, admitted: Iterable[tuple[int, str, CloudEvent]]
+) -> list[tuple[int, str, str]]:
+    """(index, field, why) of every event of a batch outside the key's scope; each event is
+    given as (index in the batch, kind of topic, the event)."""
+    return [
+        (index, field, why)
+        for index, kind, event in admitted
+        for field, why in out_of_scope(principal, kind, event)
+    ]

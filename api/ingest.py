@@ -2,8 +2,11 @@
 
 A batch is all or nothing: every event is checked first (the same rules as the workers,
 judged against the time of receipt) and any bad one rejects the whole batch with 400 naming
-each bad event's index, field and reason. 202 is answered only once the broker has
-acknowledged every write (idempotent producer, acks=all); an unreachable broker is 503.
+each bad event's index, field and reason. Every event must also lie in the key's scope (its
+role's kind of event, its sources and tenants, see `api.auth`): any that does not refuses the
+whole batch with 403, in the same shape, before anything is written and before the 400 of
+other bad events. 202 is answered only once the broker has acknowledged every write
+(idempotent producer, acks=all); an unreachable broker is 503.
 
 Both CloudEvents content modes of the HTTP binding are read: structured
 (`application/cloudevents+json`, the body is the event) and binary (`ce-*` headers carry the
@@ -21,11 +24,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from fastapi import HTTPException, Request
 
+from api.auth import OPEN, Principal, refusals
 from billing.plan import Plan
 from metering.clock import Clock, system_clock
 from metering.settings import Settings
 from projections.binding import CONTENT_TYPE, HTTP_PREFIX, header_bytes, is_binary, structured
 from projections.decode import Rejected, admit
+from schemas.envelope import CloudEvent
 from streams.kafka import new_producer
 
 SINGLE = {"application/cloudevents+json", "application/json"}
@@ -34,6 +39,9 @@ BATCH = "application/cloudevents-batch+json"
 # is binary mode, as the HTTP binding decides.
 STRUCTURED_PREFIX = "application/cloudevents"
 ACK_TIMEOUT = 15.0  # seconds to wait for the broker's acknowledgement before answering 503
+# Who offers events when no principal is named: a caller in this process (tests, benchmarks),
+# never an HTTP request, whose route always passes the key's principal.
+TRUSTED = Principal(OPEN)
 
 
 class BatchRejected(Exception):
@@ -42,6 +50,19 @@ class BatchRejected(Exception):
     def __init__(self, problems: list[tuple[int | None, str, str | None, str]]) -> None:
         super().__init__(f"{len(problems)} bad events")
         self.body = _errors(problems)
+
+
+class OutOfScope(Exception):
+    """Events the key may not post: the whole offer is refused (403), each with its index,
+    the field that puts it out of scope, and why."""
+
+    def __init__(self, problems: list[tuple[int, str, str]]) -> None:
+        super().__init__(f"{len(problems)} events outside the key's scope")
+        detail = "this key may not post some of these events; nothing was written"
+        errors: list[tuple[int | None, str, str | None, str]] = [
+            (index, "out_of_scope", field, why) for index, field, why in problems
+        ]
+        self.body = {"detail": detail} | _errors(errors)
 
 
 class Ingestor:
@@ -111,9 +132,11 @@ class Ingestor:
             )
         return parsed
 
-    async def ingest(self, offered: list[Any]) -> int:
+    async def ingest(self, offered: list[Any], principal: Principal = TRUSTED) -> int:
+        """Write the offered events as `principal` may; raises OutOfScope, BatchRejected."""
         received = self.clock()
         routed = []
+        admitted: list[tuple[int, str, CloudEvent]] = []
         problems: list[tuple[int | None, str, str | None, str]] = []
         for index, obj in enumerate(offered):
             try:
@@ -121,7 +144,11 @@ class Ingestor:
             except Rejected as rejected:
                 problems.append((index, rejected.reason, rejected.field, rejected.detail))
                 continue
+            admitted.append((index, kind, event))
             routed.append((self.topics[kind], event.subject, obj))
+        # Scope before validity: whatever else is wrong, the key may not post these at all.
+        if refused := refusals(principal, admitted):
+            raise OutOfScope(refused)
         if problems:
             raise BatchRejected(problems)
         producer = await self.producer()

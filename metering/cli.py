@@ -8,13 +8,14 @@ import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import click
 import orjson
 
 from metering.cli_common import cli_plan, cli_settings, month_callback, run_async
 from metering.clock import Clock, system_clock
+from metering.settings import Role
 from projections.months import month_of, next_month, previous_month
 
 T = TypeVar("T")
@@ -184,27 +185,68 @@ def generate(month: str | None, tenants: int, seed: int, scale: float, output: P
 
 
 @main.command()
-@click.argument("role", type=click.Choice(["producer", "finance", "tenant"]))
-@click.option("--tenant", help="The tenant a tenant key may read.")
-def key(role: str, tenant: str | None) -> None:
+@click.argument("role", type=click.Choice(list(get_args(Role))))
+@click.option(
+    "--tenant",
+    "tenants",
+    multiple=True,
+    help="A tenant key: the tenant it reads (exactly one). A posting key: a tenant it may post "
+    "for (repeatable; default any).",
+)
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    help="A posting key: a source it may post as (repeatable; default any).",
+)
+def key(role: str, tenants: tuple[str, ...], sources: tuple[str, ...]) -> None:
     """Make a new API key for ROLE: prints the key (give it to its user; it is shown once)
-    and the entry for METERING_API_KEYS, which holds only its SHA-256."""
+    and the entry for METERING_API_KEYS, which holds only its SHA-256.
+
+    \b
+    producer    posts usage events (metering.*) to POST /v1/events
+    licensing   posts licence snapshots and tenant registrations (licensing.*)
+    operations  posts system events (system.*)
+    finance     reads everything: invoices, every tenant, audit, SQL
+    tenant      reads its own tenant only (--tenant T)
+    metrics     scrapes /metrics and nothing else
+
+    The posting keys (producer, licensing, operations) may be limited with --source and
+    --tenant, each repeatable: such a key posts only events of those sources and tenants
+    (the CloudEvent's `source` and `subject`).
+    """
     import json
     import secrets
 
-    from api.auth import key_hash
+    from api.auth import POSTERS, key_hash
 
-    if (role == "tenant") != (tenant is not None):
-        raise click.UsageError("a tenant key needs --tenant, and only a tenant key takes it")
+    entry: dict[str, Any] = {"role": role}
+    if role == "tenant":
+        if len(tenants) != 1 or sources:
+            raise click.UsageError("a tenant key reads one tenant: --tenant T, and no --source")
+        entry["tenant"] = tenants[0]
+    elif role in POSTERS:
+        # Repeats are dropped, the order kept: the entry reads as it was asked for.
+        entry |= {"sources": list(dict.fromkeys(sources))} if sources else {}
+        entry |= {"tenants": list(dict.fromkeys(tenants))} if tenants else {}
+    elif tenants or sources:
+        raise click.UsageError(f"a {role} key takes neither --tenant nor --source")
     new = secrets.token_urlsafe(32)
-    entry = {"role": role, "sha256": key_hash(new)} | ({"tenant": tenant} if tenant else {})
+    entry["sha256"] = key_hash(new)
     click.echo(f"key: {new}")
     click.echo(f"METERING_API_KEYS entry: {json.dumps(entry)}")
 
 
 @main.command("prometheus-config")
 @click.option("--interval", default="15s", show_default=True, help="Scrape and rule interval.")
-def prometheus_config(interval: str) -> None:
+@click.option(
+    "--credentials-file",
+    type=click.Path(exists=True, dir_okay=False, resolve_path=True, path_type=Path),
+    help="A file holding a metrics key (`metering key metrics`), which every job then sends "
+    "as a bearer token. Needed when METERING_API_KEYS is set: every /metrics then answers "
+    "only a metrics key.",
+)
+def prometheus_config(interval: str, credentials_file: Path | None) -> None:
     """Print a Prometheus configuration that scrapes the local stack's worker and read model,
     with the alert rules of ops/prometheus/rules (run: prometheus --config.file=FILE)."""
     import json
@@ -218,7 +260,14 @@ def prometheus_config(interval: str) -> None:
         raise click.ClickException(
             f"no local stack runs in {settings.data_dir} (start one with `metering up --detach`)"
         ) from None
-    click.echo(scrape_config(urls, interval), nl=False)
+    if settings.api_keys and credentials_file is None:
+        # A warning only: this shell's settings need not be those the stack started with.
+        click.echo(
+            "warning: METERING_API_KEYS is set, so /metrics wants a metrics key: "
+            "add --credentials-file FILE",
+            err=True,
+        )
+    click.echo(scrape_config(urls, interval, credentials_file=credentials_file), nl=False)
 
 
 def _register() -> None:

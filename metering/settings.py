@@ -33,22 +33,34 @@ class ApiKey(BaseModel):
 
     Roles (SECURITY.md): `producer` posts usage events, `licensing` licence snapshots,
     `operations` system events; `finance` reads everything; `tenant` reads its own tenant;
-    `metrics` scrapes `/metrics`. A producer key may be limited to `sources` and `tenants`."""
+    `metrics` scrapes `/metrics`. A posting key (producer, licensing, operations) may be
+    limited to `sources` and `tenants`."""
 
     role: Role
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     tenant: str | None = None
+    # An empty list would refuse every event: a mistake, not a scope.
     sources: list[str] | None = Field(
-        default=None, description="A producer key: the event sources it may post as."
+        default=None, min_length=1, description="A posting key: the sources it may post as."
     )
     tenants: list[str] | None = Field(
-        default=None, description="A producer key: the tenants it may post usage of."
+        default=None, min_length=1, description="A posting key: the tenants it may post for."
     )
 
     @model_validator(mode="after")
     def _tenant_keys_name_a_tenant(self) -> ApiKey:
         if (self.role == "tenant") != (self.tenant is not None):
             raise ValueError("a tenant key names its tenant, and only a tenant key does")
+        return self
+
+    @model_validator(mode="after")
+    def _only_posting_keys_are_limited(self) -> ApiKey:
+        # Limits on a key that reads would be ignored, leaving it wider than its entry says.
+        posting = self.role in {"producer", "licensing", "operations"}
+        if not posting and (self.sources is not None or self.tenants is not None):
+            raise ValueError(
+                "sources and tenants limit a producer, licensing or operations key only"
+            )
         return self
 
 

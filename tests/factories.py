@@ -25,7 +25,9 @@ TYPE_OF = {
 }
 
 
-def position(partition: int = 0, topic: str = "usage-events", log_time: dt.datetime | None = None):
+def position(
+    partition: int = 0, topic: str = "usage-events", log_time: dt.datetime | None = None
+) -> Position:
     return Position(
         topic=topic,
         partition=partition,
@@ -79,16 +81,33 @@ def cloudevent(
     }
 
 
-def stored_keys(keys: dict[str, str]) -> str:
-    """METERING_API_KEYS for `keys` (name -> key): `producer` and `finance` are those roles,
-    any other name is a tenant key for the tenant of that name."""
-    entries: list[dict[str, str]] = []
+# Names that stand for their role in `stored_keys`; any other name is a tenant.
+ROLE_NAMES = ("producer", "licensing", "operations", "finance", "metrics")
+
+
+def stored_keys(keys: dict[str, str], *limited: dict[str, Any]) -> str:
+    """METERING_API_KEYS for `keys` (name -> key): the names of ROLE_NAMES are those roles,
+    any other name is a tenant key for the tenant of that name; then the `limited` entries
+    (made by `limited_key`)."""
+    entries: list[dict[str, Any]] = []
     for name, key in keys.items():
-        if name in {"producer", "finance"}:
+        if name in ROLE_NAMES:
             entries.append({"role": name, "sha256": key_hash(key)})
         else:
             entries.append({"role": "tenant", "tenant": name, "sha256": key_hash(key)})
-    return json.dumps(entries)
+    return json.dumps(entries + list(limited))
+
+
+def limited_key(
+    role: str, key: str, *, sources: list[str] | None = None, tenants: list[str] | None = None
+) -> dict[str, Any]:
+    """A stored key entry of a posting `role`, limited to `sources` and `tenants` if given."""
+    entry: dict[str, Any] = {"role": role, "sha256": key_hash(key)}
+    if sources is not None:
+        entry["sources"] = sources
+    if tenants is not None:
+        entry["tenants"] = tenants
+    return entry
 
 
 def sdk_event(**attributes: Any) -> CloudEvent:

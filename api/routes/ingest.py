@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from api.auth import require
+from api.auth import POSTERS, require
 from api.deps import Caller
-from api.ingest import BatchRejected, Ingestor
+from api.ingest import BatchRejected, Ingestor, OutOfScope
 from api.responses import json_response
 from schemas.envelope import CloudEvent
 
@@ -43,10 +43,14 @@ async def ingest(
     ingestor: Annotated[Ingestor, Depends(ingestor_of)],
 ) -> Response:
     """One CloudEvent (application/cloudevents+json) or a batch
-    (application/cloudevents-batch+json); all or nothing, 202 once the broker has them."""
-    require(principal, "producer")
+    (application/cloudevents-batch+json); all or nothing, 202 once the broker has them.
+    A producer key posts usage events, a licensing key licence snapshots and registrations,
+    an operations key system events; 403 names each event outside the key's scope."""
+    require(principal, *POSTERS)
     try:
-        accepted = await ingestor.ingest(await ingestor.events(request))
+        accepted = await ingestor.ingest(await ingestor.events(request), principal)
+    except OutOfScope as refused:
+        return json_response(refused.body, 403)
     except BatchRejected as rejected:
         return json_response(rejected.body, 400)
     return json_response({"accepted": accepted}, 202)

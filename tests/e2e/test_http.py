@@ -19,7 +19,8 @@ from tests.factories import cloudevent, stored_keys
 pytestmark = pytest.mark.integration
 
 MONTH = previous_month(previous_month(month_of(dt.datetime.now(dt.UTC), dt.UTC)))
-KEYS = {"producer": "p-secret", "finance": "f-secret", "acme": "a-secret", "beta": "b-secret"}
+KEYS = {"producer": "p-secret", "finance": "f-secret", "acme": "a-secret", "beta": "b-secret",
+        "licensing": "l-secret", "operations": "o-secret"}  # fmt: skip
 BATCH = "application/cloudevents-batch+json"
 
 
@@ -51,7 +52,7 @@ def test_ingest_and_read_over_http_with_keys(stack: Stack) -> None:
                          tenant="acme", time=f"{previous_month(MONTH)}-20T00:00:00Z",
                          id="lic-1", source="licensing")  # fmt: skip
     posted = api.post(
-        "/v1/events", content=orjson.dumps(licence), headers=keyed("producer")
+        "/v1/events", content=orjson.dumps(licence), headers=keyed("licensing")
         | {"Content-Type": "application/cloudevents+json"},
     )  # fmt: skip
     assert (posted.status_code, posted.json()) == (202, {"accepted": 1})
@@ -162,9 +163,10 @@ def test_ingest_and_read_over_http_with_keys(stack: Stack) -> None:
         system("registered", 4, key="FreetextRebuild", scope="database", status="running"),
         system("deleted", 5, key="FreetextRebuild", scope="database"),
     ]  # fmt: skip
-    posted = api.post("/v1/events", content=orjson.dumps(admin),
-                      headers=keyed("producer") | {"Content-Type": BATCH})  # fmt: skip
-    assert posted.status_code == 202, posted.text
+    for name, batch in (("licensing", admin[:2]), ("operations", admin[2:])):
+        posted = api.post("/v1/events", content=orjson.dumps(batch),
+                          headers=keyed(name) | {"Content-Type": BATCH})  # fmt: skip
+        assert posted.status_code == 202, posted.text
     lic = api.get("/v1/tenants/acme/licenses", headers=keyed("acme")).json()
     assert (lic["company"], lic["serial_number"], lic["database_type"]) == (
         "Acme",

@@ -4,6 +4,7 @@ log level, with right and wrong keys presented, and every byte it wrote searched
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import httpx
 import orjson
@@ -67,7 +68,11 @@ def test_known_secrets_never_reach_logs_errors_or_responses(stack: Stack) -> Non
     assert (
         call("GET", f"/v1/tenants/acme/usage?month={month}", SECRETS["finance"]).status_code == 200
     )
-    login = call("POST", "/ui/login", None, content=f"key={SECRETS['wrong']}&next=/ui",
+    form = call("GET", "/ui/login", None)  # the client keeps the form's CSRF cookie
+    token = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert token is not None, form.text
+    login = call("POST", "/ui/login", None,
+                 content=f"csrf={token[1]}&key={SECRETS['wrong']}&next=/ui",
                  headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
     assert login.status_code == 401
 

@@ -1,5 +1,7 @@
 """The tenant's Licences screen in real headless Chromium (Debian's package, through
-Playwright), against a real stack: sign in, both tabs, both languages, another tenant refused.
+Playwright), against a real stack: sign in through the form (its CSRF token as a browser sends
+it), both tabs, both languages, another tenant refused, sign out; the session cookie holds no
+key, and the page's Content-Security-Policy blocks nothing it needs.
 Screenshots of both tabs in both languages go to build/screenshots/ (METERING_SCREENSHOTS)."""
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import httpx
 import orjson
 import pytest
 
+from api.auth import key_hash
 from projections.months import month_of, previous_month
 from tests.conftest import Stack
 from tests.factories import cloudevent, stored_keys
@@ -24,7 +27,8 @@ playwright = pytest.importorskip("playwright.sync_api")
 
 pytestmark = pytest.mark.integration
 
-KEYS = {"producer": "p-web", "finance": "f-web", "acme": "a-web", "beta": "b-web"}
+KEYS = {"producer": "p-web", "finance": "f-web", "acme": "a-web", "beta": "b-web",
+        "licensing": "l-web", "operations": "o-web"}  # fmt: skip
 SHOTS = Path(os.environ.get("METERING_SCREENSHOTS") or "build/screenshots")
 BATCH = "application/cloudevents-batch+json"
 
@@ -88,6 +92,30 @@ def chromium_browser() -> Iterator[Any]:
             launched.close()
 
 
+def policy_violations(page: Any) -> list[str]:
+    """Console messages of the page in which Chromium reports a blocked resource or script."""
+    seen: list[str] = []
+    page.on("console", lambda message: seen.append(message.text))
+    return seen
+
+
+def check_session_cookie(context: Any, key: str) -> None:
+    cookies = {c["name"]: c for c in context.cookies()}
+    session = cookies["metering_session"]
+    assert key not in session["value"] and key_hash(key) not in session["value"]
+    assert (session["httpOnly"], session["sameSite"], session["path"]) == (True, "Strict", "/ui")
+    assert "metering_key" not in cookies
+
+
+def check_headers(response: Any) -> None:
+    headers = response.headers
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["x-frame-options"] == "DENY"
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["referrer-policy"] == "no-referrer"
+    assert headers["cache-control"] == "no-store"
+
+
 def test_licences_screen_in_chromium(stack: Stack) -> None:
     stack.create_topics()
     stack.start_worker()
@@ -99,14 +127,19 @@ def test_licences_screen_in_chromium(stack: Stack) -> None:
 def drive(stack: Stack, browser: Any) -> None:
     base = stack.env["METERING_API_URL"]
     month, events = the_events(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30))
-    posted = httpx.post(f"{base}/v1/events", content=orjson.dumps(events), timeout=60,
-                        headers={"Authorization": f"Bearer {KEYS['producer']}",
-                                 "Content-Type": BATCH})  # fmt: skip
-    assert posted.status_code == 202, posted.text
+    # Each kind of event takes its own key.
+    kinds = (("licensing", "licensing."), ("producer", "metering."), ("operations", "system."))
+    for name, prefix in kinds:
+        batch = [e for e in events if e["type"].startswith(prefix)]
+        posted = httpx.post(f"{base}/v1/events", content=orjson.dumps(batch), timeout=60,
+                            headers={"Authorization": f"Bearer {KEYS[name]}",
+                                     "Content-Type": BATCH})  # fmt: skip
+        assert posted.status_code == 202, posted.text
     SHOTS.mkdir(parents=True, exist_ok=True)
 
     context = browser.new_context(locale="en-GB", viewport={"width": 1280, "height": 1400})
     page = context.new_page()
+    console = policy_violations(page)
     page_url = f"{base}/ui/tenants/acme?month={month}"
 
     # Not signed in: the sign-in form, then back to the page asked for.
@@ -116,8 +149,13 @@ def drive(stack: Stack, browser: Any) -> None:
     page.get_by_role("button", name="Sign in").click()
     assert page.get_by_role("alert").inner_text() == "Unknown API key."
     page.get_by_label("API key").fill(KEYS["acme"])
-    page.get_by_role("button", name="Sign in").click()
+    with page.expect_navigation() as signed_in:
+        page.get_by_role("button", name="Sign in").click()
     assert page.url.startswith(f"{base}/ui/tenants/acme")
+    check_headers(signed_in.value)
+    check_session_cookie(context, KEYS["acme"])
+    # The stylesheet loads under the policy (no inline style is needed).
+    assert page.locator("header.top").evaluate("e => getComputedStyle(e).display") == "flex"
 
     # Licences tab: owner, expiry, the list; a licence name opens its details.
     assert page.locator("h1").inner_text() == "Licences: Acme Holding"
@@ -186,6 +224,15 @@ def drive(stack: Stack, browser: Any) -> None:
     # Another tenant's page does not exist for this key; its own key opens it.
     assert page.goto(f"{base}/ui/tenants/beta").status == 404
     assert page.goto(f"{base}/ui/tenants/beta?lang=en").status == 404
+
+    # Signing out posts the page's token; the page then asks to sign in again.
+    page.goto(page_url)
+    page.get_by_role("button", name="Afmelden").click()  # Dutch is still the remembered choice
+    page.wait_for_url("**/ui/login")
+    assert "metering_session" not in {c["name"] for c in context.cookies()}
+    page.goto(page_url)
+    assert "/ui/login" in page.url
+    assert not [text for text in console if "Content Security Policy" in text], console
     context.close()
 
     dutch = browser.new_context(locale="nl-NL")
@@ -203,7 +250,14 @@ def drive(stack: Stack, browser: Any) -> None:
     page.goto(f"{base}/ui")
     page.get_by_label("API key").fill(KEYS["finance"])
     page.get_by_role("button", name="Sign in").click()
+    check_session_cookie(finance, KEYS["finance"])
     assert page.locator("#tenants li").all_inner_texts() == ["Acme Holding (acme)", "beta"]
     page.get_by_role("link", name="Acme Holding").click()
     assert page.locator("h1").inner_text() == "Licences: Acme Holding"
+
+    # FastAPI's docs page has a policy of its own that allows its inline script and its CDN
+    # (out of reach here, so Swagger UI itself does not load): Chromium refuses nothing.
+    console = policy_violations(page)
+    page.goto(f"{base}/docs", wait_until="domcontentloaded", timeout=60_000)
+    assert not [text for text in console if "Content Security Policy" in text], console
     finance.close()
