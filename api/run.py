@@ -14,6 +14,20 @@ from api.service import ReadModelService
 from billing.plan import Plan
 from metering.settings import Settings
 
+# uvicorn's own bounds, below the app's body limits (api/limits.py). A request's line and
+# headers must fit in 16 KiB (h11's default, set here so that it is a decision): h11 keeps an
+# incomplete header block in memory, and a larger one is answered 400 before the app sees
+# it. This also bounds a binary-mode event's ce-* attributes, which ingest counts towards
+# METERING_INGEST_MAX_BYTES as well. The bound is h11's: the protocol is pinned to it, so
+# that installing httptools (where this setting does not apply) does not lift it.
+MAX_HEADER_BYTES = 16 << 10
+# Open connections (idle keep-alive ones too) and requests in flight; past it, uvicorn
+# answers 503 at once. What a client without a key can make the process hold is bounded
+# per connection (its headers, uvicorn's read-ahead of a body, and what a route reads before
+# it checks a key: at most METERING_SQL_MAX_BYTES or METERING_HTTP_MAX_BODY), so this
+# bounds it in total.
+MAX_CONNECTIONS = 512
+
 
 class ProjectorStopped(RuntimeError):
     """The projector met an error it could not set aside; the API stopped with it."""
@@ -30,6 +44,9 @@ async def serve(settings: Settings, plan: Plan) -> None:
         log_level=settings.log_level,
         access_log=False,
         lifespan="off",
+        http="h11",
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        limit_concurrency=MAX_CONNECTIONS,
     )
     server = uvicorn.Server(config)
     ready = asyncio.create_task(_announce(server, settings))
