@@ -24,7 +24,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from billing.plan import DEFAULT_PLAN
 
-
 Role = Literal["producer", "licensing", "operations", "finance", "tenant", "metrics"]
 
 
