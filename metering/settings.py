@@ -186,6 +186,12 @@ class Settings(BaseSettings):
         pattern=r"^[0-9]+(\.[0-9]+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
         description="DuckDB's memory_limit for the read model (e.g. 2GB); default DuckDB's.",
     )
+    duckdb_temp_limit: str | None = Field(
+        default="4GiB",
+        pattern=r"^[0-9]+(\.[0-9]+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="Most disk DuckDB's spilled temporary files may take; unset: DuckDB's "
+        "default (90 % of the free space).",
+    )
     session_secret: SecretStr | None = Field(
         default=None,
         description="Signs /ui sessions; unset: a random one per process (sign in again "

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
 from api.auth import Principal, require
 from api.deps import Caller, Service, fresh
+from api.finance_sql import TIMED_OUT, Busy, FinanceSql, Stopped, Unavailable
+from api.finance_sql import runner as finance_runner
 from api.responses import json_response, month_param
 from projections.readmodel import queries
 
@@ -40,12 +44,34 @@ async def sql(
     body: SqlRequest,
     request: Request,
     service: Service,
+    runner: Annotated[FinanceSql, Depends(finance_runner)],
     consistent: bool = True,
 ) -> Response:
+    """One SELECT (or plain EXPLAIN of one), read-only, on a connection that cannot write,
+    reach files or the network, or change settings (projections/readmodel/README.md)."""
     if consistent:
         await fresh(request)
     try:
-        columns, rows = await service.read(queries.read_only_sql, body.sql)
+        answer = await runner.run(service, body.sql, request)
     except queries.QueryError as exc:
         raise HTTPException(400, str(exc)) from None
-    return json_response({"columns": columns, "rows": rows})
+    except Busy as busy:
+        raise HTTPException(
+            429,
+            f"{service.settings.sql_concurrency} finance queries are running already; "
+            f"try again in {busy.retry_after}s",
+            headers={"Retry-After": str(busy.retry_after)},
+        ) from None
+    except Stopped as stopped:
+        if stopped.reason != TIMED_OUT:  # nobody is listening any more
+            return Response(status_code=499)
+        raise HTTPException(
+            504,
+            f"the query ran longer than METERING_SQL_TIMEOUT ({runner.timeout:g}s) and was "
+            "stopped; narrow it down (WHERE, LIMIT) or ask for a longer timeout",
+        ) from None
+    except Unavailable as exc:
+        raise HTTPException(503, str(exc)) from None
+    return json_response(
+        {"columns": answer.columns, "rows": answer.rows, "truncated": answer.truncated}
+    )

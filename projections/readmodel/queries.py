@@ -1,4 +1,6 @@
-"""Finance queries over the read model; each takes a DuckDB cursor and returns plain rows."""
+"""Finance queries over the read model; each takes a DuckDB cursor and returns plain rows.
+
+The SQL finance sends itself is judged and run by `finance_sql.py`."""
 
 from __future__ import annotations
 
@@ -12,8 +14,6 @@ from projections.readmodel.schema import NO_CUTOFF, monthly_usage
 from schemas.records import CLOSE_REQUESTED
 
 CENT = Decimal("0.01")
-MAX_SQL_ROWS = 100_000
-READ_ONLY = {"SELECT", "EXPLAIN"}
 
 
 class QueryError(ValueError):
@@ -197,31 +197,6 @@ def audit(cur: duckdb.DuckDBPyConnection, month: str, usage_topic: str) -> list[
         """,  # noqa: S608 - our own SQL; month values are bound
         [month, month],
     )
-
-
-def read_only_sql(cur: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[list[Any]]]:
-    """Run finance SQL: SELECT (or EXPLAIN) statements only, at most MAX_SQL_ROWS rows."""
-    try:
-        statements = cur.extract_statements(sql)
-    except duckdb.Error as exc:
-        raise QueryError(str(exc)) from None
-    if len(statements) != 1:
-        raise QueryError("send exactly one statement")
-    if statements[0].type.name not in READ_ONLY:
-        raise QueryError(f"only SELECT is allowed here, not {statements[0].type.name}")
-    try:
-        result = cur.execute(sql)
-        names = [d[0] for d in result.description or ()]
-        rows = [
-            [
-                decimal_text(name, value) if isinstance(value, Decimal) else value
-                for name, value in zip(names, row, strict=True)
-            ]
-            for row in result.fetchmany(MAX_SQL_ROWS)
-        ]
-    except duckdb.Error as exc:
-        raise QueryError(str(exc)) from None
-    return names, rows
 
 
 def closed_months(cur: duckdb.DuckDBPyConnection) -> list[str]:

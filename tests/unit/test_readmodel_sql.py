@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import duckdb
 import orjson
 import pytest
 
@@ -127,21 +128,98 @@ def test_decimal_text_keeps_cents_and_drops_padding() -> None:
 
 
 def test_finance_sql_is_read_only(tmp_path: Path) -> None:
-    from projections.readmodel.queries import QueryError, read_only_sql
+    from projections.readmodel.finance_sql import run
+    from projections.readmodel.queries import QueryError
 
     projector = Projector(Settings(kafka_bootstrap="unused:1"), PLAN, tmp_path / "rm.duckdb")
     with projector.reader() as cur:
-        columns, rows = read_only_sql(cur, "SELECT 32.4::DECIMAL(18, 2) AS amount, 1 AS n")
-        assert (columns, rows) == (["amount", "n"], [["32.40", 1]])
+        answer = run(cur, "SELECT 32.4::DECIMAL(18, 2) AS amount, 1 AS n", max_rows=10)
+        assert (answer.columns, answer.rows, answer.truncated) == (
+            ["amount", "n"],
+            [["32.40", 1]],
+            False,
+        )
+        cut = run(cur, "SELECT range AS n FROM range(5) ORDER BY n", max_rows=3)
+        assert (cut.rows, cut.truncated) == ([[0], [1], [2]], True)
+        plan = run(cur, "EXPLAIN SELECT * FROM invoice_lines", max_rows=10)
+        assert "invoice_lines" in str(plan.rows)
         for sql, reason in [
             ("DROP TABLE invoice_lines", "only SELECT is allowed here, not DROP"),
             ("DELETE FROM invoice_lines", "only SELECT is allowed here, not DELETE"),
             ("SELECT 1; DROP TABLE invoice_lines", "send exactly one statement"),
             ("SELEC 1", "syntax error"),
+            ("EXPLAIN ANALYZE DELETE FROM invoice_lines", "only a plain EXPLAIN"),
+            ("EXPLAIN DELETE FROM invoice_lines", "only SELECT is allowed here"),
+            ("SELECT * FROM checkpoint()", r"checkpoint\(\) is not available here"),
         ]:
             with pytest.raises(QueryError, match=reason):
-                read_only_sql(cur, sql)
+                run(cur, sql, max_rows=10)
         assert cur.execute("SELECT count(*) FROM invoice_lines").fetchone() == (0,)
+    projector.close()
+
+
+@pytest.mark.parametrize(
+    ("sql", "refusal"),
+    [
+        ("SELECT * FROM read_text('/etc/passwd')", "file system operations are disabled"),
+        ("COPY (SELECT 42) TO '{dir}/out.csv'", "file system operations are disabled"),
+        ("ATTACH '{dir}/other.duckdb' AS other", "file system operations are disabled"),
+        ("INSTALL httpfs", "file system operations are disabled"),
+        ("LOAD httpfs", "Loading external extensions is disabled"),
+        ("SET threads = 1", "the configuration has been locked"),
+        ("SET enable_external_access = true", "the configuration has been locked"),
+        ("RESET memory_limit", "the configuration has been locked"),
+    ],
+    ids=["read-file", "copy-to-file", "attach-file", "install", "load", "set", "unlock", "reset"],
+)
+def test_the_read_models_own_switches_refuse_what_no_read_needs(
+    tmp_path: Path, sql: str, refusal: str
+) -> None:
+    """DuckDB itself refuses, without any judging of the text: every cursor of the read
+    model's connection, finance's included, is off the file system and the settings."""
+    projector = Projector(Settings(kafka_bootstrap="unused:1"), PLAN, tmp_path / "rm.duckdb")
+    with projector.reader() as cur, pytest.raises(duckdb.Error, match=refusal):
+        cur.execute(sql.format(dir=tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rm.duckdb", "rm.duckdb.wal"]
+    projector.write([Record("usage-events", 0, 0, LOG_MS, b"k", b"{}")])  # still writes
+    with projector.reader() as cur:
+        assert cur.execute("SELECT count(*) FROM raw_events").fetchone() == (1,)
+    projector.close()
+
+
+def test_a_read_only_transaction_refuses_writes(tmp_path: Path) -> None:
+    projector = Projector(Settings(kafka_bootstrap="unused:1"), PLAN, tmp_path / "rm.duckdb")
+    with projector.reader() as cur:
+        cur.execute("BEGIN TRANSACTION READ ONLY")
+        with pytest.raises(duckdb.Error, match="transaction is launched in read-only mode"):
+            cur.execute("INSERT INTO month_closes SELECT * FROM month_closes UNION ALL "
+                        "SELECT 'x', 'x', '2026-10', 0, 0, 0, 0")  # fmt: skip
+        cur.execute("ROLLBACK")
+    projector.close()
+
+
+def test_a_second_projector_on_a_locked_file_opens(tmp_path: Path) -> None:
+    """DuckDB hands a second connection to an open file the same, already locked, instance."""
+    settings = Settings(kafka_bootstrap="unused:1")
+    first = Projector(settings, PLAN, tmp_path / "rm.duckdb")
+    second = Projector(settings, PLAN, tmp_path / "rm.duckdb")
+    with second.reader() as cur, pytest.raises(duckdb.Error, match="disabled by configuration"):
+        cur.execute("SELECT * FROM read_text('/etc/hostname')")
+    second.close()
+    first.close()
+
+
+def test_the_memory_and_spill_limits_are_set_and_locked(tmp_path: Path) -> None:
+    settings = Settings(
+        kafka_bootstrap="unused:1", duckdb_memory_limit="512MB", duckdb_temp_limit="1GiB"
+    )
+    projector = Projector(settings, PLAN, tmp_path / "rm.duckdb")
+    with projector.reader() as cur:
+        assert cur.execute("SELECT current_setting('memory_limit')").fetchone() == ("488.2 MiB",)
+        spill = cur.execute("SELECT current_setting('max_temp_directory_size')").fetchone()
+        assert spill == ("1.0 GiB",)
+        with pytest.raises(duckdb.Error, match="lock"):
+            cur.execute("SET max_temp_directory_size = '1TB'")
     projector.close()
 
 
