@@ -24,10 +24,11 @@ from fastapi.staticfiles import StaticFiles
 from api.auth import OPEN, Principal, authenticate, presented_key, require, require_tenant
 from api.service import ReadModelService
 from metering.clock import Clock, system_clock
+from observability.access import matching_key
 from projections.months import month_of, months_until, parse_month
 from projections.readmodel import queries
 from web.i18n import LABELS, Language, choose, label
-from web.session import Session, Sessions, find_key, new_nonce
+from web.session import Session, Sessions, new_nonce
 from web.view import Formats, messages, metered_services
 
 HERE = Path(__file__).parent
@@ -218,7 +219,7 @@ async def login(request: Request, web: Ui) -> Response:
     if target == "/ui" and who.role == "tenant":
         target = f"/ui/tenants/{urllib.parse.quote(str(who.tenant))}"
     response = RedirectResponse(target, 303)
-    found = find_key(web.keys, key)
+    found = matching_key(web.keys, key)
     if found is not None:  # None only on the keyless local stack, which needs no session
         web.set_cookie(request, response, SESSION_COOKIE, web.sessions.issue(found))
     # The session now binds the form tokens; a new session means new tokens.

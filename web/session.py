@@ -24,7 +24,7 @@ from typing import Any
 from itsdangerous import BadSignature, URLSafeSerializer
 from pydantic import SecretStr
 
-from api.auth import Principal, key_hash
+from api.auth import Principal
 from metering.clock import Clock, system_clock
 from metering.settings import ApiKey
 
@@ -48,16 +48,6 @@ class Session:
     @property
     def principal(self) -> Principal:
         return Principal(self.role, self.tenant)
-
-
-def find_key(keys: list[ApiKey], presented: str) -> ApiKey | None:
-    """The configured key a presented one is, compared as `api.auth.authenticate` does."""
-    digest = key_hash(presented)
-    found = None
-    for key in keys:  # every hash is compared, so timing does not tell which one matched
-        if hmac.compare_digest(digest, key.sha256):
-            found = key
-    return found
 
 
 def new_nonce() -> str:
@@ -122,7 +112,7 @@ class Sessions:
 
     def _configured(self, key_id: str) -> ApiKey | None:
         found = None
-        for key in self._keys:  # as in find_key: no early exit
+        for key in self._keys:  # as in matching_key: no early exit
             if hmac.compare_digest(self.key_id(key), key_id):
                 found = key
         return found

@@ -14,7 +14,8 @@ from pydantic import SecretStr
 
 from api.auth import Principal, key_hash
 from metering.settings import ApiKey
-from web.session import Sessions, find_key
+from observability.access import matching_key
+from web.session import Sessions
 
 KEY = "tenant-key-5b1e0c"
 FINANCE_KEY = "finance-key-0d9a44"
@@ -130,5 +131,5 @@ def test_csrf_tokens_are_bound_signed_and_expire() -> None:
 @pytest.mark.parametrize(
     ("presented", "expected"), [(KEY, ACME), (FINANCE_KEY, FINANCE), ("nope", None)]
 )
-def test_find_key(presented: str, expected: ApiKey | None) -> None:
-    assert find_key([FINANCE, ACME], presented) == expected
+def test_matching_key(presented: str, expected: ApiKey | None) -> None:
+    assert matching_key([FINANCE, ACME], presented) == expected
