@@ -104,10 +104,16 @@ class BodyLimit:
         except BadLength as bad:
             await answer(send, 400, str(bad))
             return
+        chunked = any(k.lower() == b"transfer-encoding" for k, _ in headers)
+        if chunked and declared is not None:
+            # h11 lets Transfer-Encoding win, so the Content-Length would hide a chunked body
+            # of any size from the checks below; RFC 9112 section 6.3 lets a server refuse.
+            await answer(send, 400, "a request may not have both Content-Length and "
+                         "Transfer-Encoding")  # fmt: skip
+            return
         if declared is not None and declared > limit.size:
             await answer(send, 413, limit.detail())
             return
-        chunked = declared is None and any(k.lower() == b"transfer-encoding" for k, _ in headers)
         guard = _Guard(receive, send, limit, unknown_length=chunked)
         try:
             await self.app(scope, guard.receive, guard.send)

@@ -107,7 +107,7 @@ async def keep_fresh(
                 await asyncio.wait_for(
                     refresh(service, metrics, clock), service.settings.metrics_refresh * 4
                 )
-            except (KafkaError, OSError, RuntimeError) as exc:
+            except (KafkaError, OSError, RuntimeError, duckdb.Error) as exc:
                 log.warning("metrics refresh failed: %r", exc)
         # A round summarises the read model; on a large archive it takes seconds, and the
         # projector must keep most of the CPU: never spend more than a tenth of the time here.

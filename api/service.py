@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
-from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from api.replace import Paths, ReplaceRefused, answer, check, expected_columns, swap, taken
@@ -74,9 +73,10 @@ class ReadModelService:
         self._stop.set()
         if self._task is not None:
             await asyncio.wait([self._task])  # a failed projector's error is `failed()`'s
-        if self.projector is not None:
-            self.projector.close()
-            self.projector = None
+        projector, self.projector = self.projector, None  # new reads: "being replaced"
+        if projector is not None:
+            # In a thread: closing waits for running reads to stop (they are interrupted).
+            await asyncio.to_thread(projector.close)
 
     async def wait_failed(self) -> BaseException:
         """Return the error that stops the projector (never returns while it runs)."""
@@ -146,19 +146,40 @@ class ReadModelService:
         await asyncio.to_thread(swap, paths.candidate, self.path)
         await self.start()
 
+    async def _replace_answering(self) -> list[str]:
+        """Replace, and say what went wrong; whatever failed, a projector serves afterwards
+        (the live file, reopened), or the process is told to stop (`failed()`)."""
+        try:
+            await self.replace()
+            return []
+        except ReplaceRefused as refused:
+            log.warning("%s", refused)
+            return refused.problems
+        except Exception as exc:  # answered and logged, never the silent end of this task
+            problem = f"the swap failed: {exc!r}"
+        log.error("replacing the read model failed: %s", problem)
+        if self.projector is None:
+            try:
+                await self.start()
+            except Exception as exc:  # handed to the supervisor through `failed()`
+                self._task = asyncio.create_task(_raise(exc), name="projector")
+                problem += f"; the live file could not be reopened: {exc!r}"
+        return [problem]
+
     async def answer_requests(self, every: float = 0.5) -> None:
         """Answer replace requests left in the data dir by `metering replay`, until cancelled."""
         paths = Paths(self.path)
         while True:
             request = await asyncio.to_thread(taken, paths)
             if request is not None:
-                problems: list[str] = []
+                problems = await self._replace_answering()
                 try:
-                    await self.replace()
-                except ReplaceRefused as refused:
-                    problems = refused.problems
-                    log.warning("%s", refused)
-                except (KafkaError, OSError) as exc:
-                    problems = [f"the topics' end offsets could not be read: {exc!r}"]
-                await asyncio.to_thread(answer, paths, request, problems)
+                    await asyncio.to_thread(answer, paths, request, problems)
+                except OSError as exc:  # the next request may be answered: keep listening
+                    log.error("the answer to replace request %s was not written: %r", request, exc)
             await asyncio.sleep(every)
+
+
+async def _raise(error: BaseException) -> None:
+    """A task that ends with `error`: how a failure reaches `failed()` and the supervisor."""
+    raise error

@@ -224,6 +224,14 @@ class Settings(BaseSettings):
         description="Per-tenant usage ratio series for this many top tenants; 0: none.",
     )
 
+    @field_validator("session_secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # A short secret can be guessed offline from any cookie, and sessions forged with it.
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must have at least 32 characters (e.g. `openssl rand -hex 32`)")
+        return value
+
     @field_validator("auto_close_grace", mode="before")
     @classmethod
     def _off(cls, value: Any) -> Any:

@@ -46,14 +46,26 @@ class Answer:
     truncated: bool  # more rows than the cap: `rows` holds the first ones
 
 
-def run(cur: duckdb.DuckDBPyConnection, sql: str, max_rows: int) -> Answer:
-    """Judge `sql` and run it read-only: at most `max_rows` rows; QueryError when refused or
-    when DuckDB refuses it. An interrupt (`cur.interrupt()`) is raised as it is."""
+# Rows become Python objects outside DuckDB's memory limit: an answer stops growing past
+# this many bytes of values (it is then marked truncated), fetched in chunks sized to stay
+# under it, so that `SELECT repeat('x', 10^8) FROM range(10^5)` cannot exhaust the process.
+MAX_ANSWER_BYTES = 64 << 20
+
+
+def run(
+    cur: duckdb.DuckDBPyConnection,
+    sql: str,
+    max_rows: int,
+    max_bytes: int = MAX_ANSWER_BYTES,
+) -> Answer:
+    """Judge `sql` and run it read-only: at most `max_rows` rows and about `max_bytes` of
+    values; QueryError when refused or when DuckDB refuses it. An interrupt
+    (`cur.interrupt()`) is raised as it is."""
     cur.execute("BEGIN TRANSACTION READ ONLY")
     try:
         result = cur.execute(canonical(cur, sql))
         names = [d[0] for d in result.description or ()]
-        fetched = result.fetchmany(max_rows + 1)
+        rows, truncated = _fetch(result, names, max_rows, max_bytes)
     except duckdb.InterruptException:
         raise
     except duckdb.Error as exc:
@@ -63,19 +75,49 @@ def run(cur: duckdb.DuckDBPyConnection, sql: str, max_rows: int) -> Answer:
         # A rollback that fails leaves nothing behind either: the caller closes the cursor.
         with contextlib.suppress(duckdb.Error):
             cur.execute("ROLLBACK")
-    rows = [[_cell(n, v) for n, v in zip(names, r, strict=True)] for r in fetched[:max_rows]]
-    return Answer(names, rows, truncated=len(fetched) > max_rows)
+    return Answer(names, rows, truncated=truncated)
+
+
+def _fetch(
+    result: duckdb.DuckDBPyConnection, names: list[str], max_rows: int, max_bytes: int
+) -> tuple[list[list[Any]], bool]:
+    """Rows as JSON carries them, up to `max_rows` rows and about `max_bytes`; whether more
+    were left. The first chunk is one row, later ones as many as the bytes left allow."""
+    rows: list[list[Any]] = []
+    size = 0
+    chunk = 1
+    while len(rows) < max_rows and size < max_bytes:
+        fetched = result.fetchmany(min(chunk, max_rows - len(rows)))
+        if not fetched:
+            return rows, False
+        for row in fetched:
+            cells = [_cell(n, v) for n, v in zip(names, row, strict=True)]
+            rows.append(cells)
+            size += len(orjson.dumps(cells, default=str))
+        per_row = max(1, size // len(rows))
+        chunk = max(1, min(1000, (max_bytes - size) // per_row))
+    return rows, bool(result.fetchmany(1))
 
 
 def _cell(name: str, value: Any) -> Any:
-    """A value as JSON can carry it: exact decimals as text, blobs and intervals as DuckDB
-    prints them."""
+    """A value as JSON can carry it: a column's exact decimal as its column shows money (the
+    cents kept), blobs, intervals and times as text, inside lists, structs and maps too."""
     if isinstance(value, Decimal):
         return decimal_text(name, value)
+    return _plain(value)
+
+
+def _plain(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="backslashreplace")
-    if isinstance(value, dt.timedelta):
+    if isinstance(value, dt.timedelta | dt.time):
         return str(value)
+    if isinstance(value, Decimal):
+        return str(value)  # as DuckDB's type prints it: a nested value has no column name
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
     return value
 
 
@@ -90,10 +132,17 @@ def canonical(cur: duckdb.DuckDBPyConnection, sql: str) -> str:
         raise QueryError("send exactly one statement")
     kind = statements[0].type.name
     if kind == "SELECT":
-        return _select(cur, sql)
-    if kind == "EXPLAIN":
-        return "EXPLAIN " + _select(cur, _explained(sql))
-    raise QueryError(f"only SELECT is allowed here, not {kind}")
+        text = _select(cur, sql)
+    elif kind == "EXPLAIN":
+        text = "EXPLAIN " + _select(cur, _explained(sql))
+    else:
+        raise QueryError(f"only SELECT is allowed here, not {kind}")
+    # Defence in depth: what runs must itself parse as that one statement, whatever a later
+    # DuckDB prints for a tree.
+    again = cur.extract_statements(text)
+    if len(again) != 1 or again[0].type.name != kind:
+        raise QueryError("the statement does not survive DuckDB's own round trip")
+    return text
 
 
 def _select(cur: duckdb.DuckDBPyConnection, sql: str) -> str:

@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -103,6 +104,9 @@ class Projector:
         # Told the table and reason of each record set aside (see `write`).
         self.on_set_aside: Callable[[str, str], None] | None = None
         self._lock = threading.Lock()  # one writer transaction at a time
+        self._readers: set[duckdb.DuckDBPyConnection] = set()  # cursors of running reads
+        self._readers_lock = threading.Lock()
+        self._closing = False
         self.con = self._open()
         # The DDL in schema.py is the one description of each table; Arrow follows it.
         self.schemas = {
@@ -125,10 +129,16 @@ class Projector:
     @contextlib.contextmanager
     def reader(self) -> Any:
         """A cursor of its own: reads see the last committed batch and never wait for one."""
-        cur = self.con.cursor()
+        with self._readers_lock:
+            if self._closing:
+                raise RuntimeError("the read model is being closed (replaced or stopping)")
+            cur = self.con.cursor()
+            self._readers.add(cur)
         try:
             yield cur
         finally:
+            with self._readers_lock:
+                self._readers.discard(cur)
             cur.close()
 
     def write(self, records: list[Record]) -> int:
@@ -261,9 +271,25 @@ class Projector:
         finally:
             await consumer.stop()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 60) -> None:
+        """Close the file once no read runs: DuckDB refuses to close a connection one of whose
+        cursors is busy (and the read would go on), so running reads are interrupted and the
+        close is tried again; new reads are refused meanwhile."""
+        deadline = time.monotonic() + timeout
         with self._lock:
-            self.con.close()
+            with self._readers_lock:
+                self._closing = True
+            while True:
+                with self._readers_lock:
+                    for cur in self._readers:
+                        cur.interrupt()
+                try:
+                    self.con.close()
+                    return
+                except duckdb.ResourceInUseException:
+                    if time.monotonic() > deadline:
+                        raise
+                time.sleep(0.05)
 
 
 @dataclass

@@ -334,3 +334,12 @@ def test_blobs_intervals_and_decimals_in_lists_answer_as_text(read_model: ReadMo
     )
     assert answer.status_code == 200, answer.text
     assert answer.json()["rows"] == [["a\\xffb", "1 day, 12:00:00", ["1.50"], "64.80"]]
+    # Inside lists and structs too (these once answered 500).
+    nested = read_model.post(
+        "SELECT ['a'::BLOB] AS b, [INTERVAL 1 DAY] AS i, ['10:00:00+01'::TIMETZ] AS t, "
+        "{'at': '10:00'::TIME, 'amount': 1.5::DECIMAL(4, 2)} AS s"
+    )
+    assert nested.status_code == 200, nested.text
+    assert nested.json()["rows"] == [
+        [["a"], ["1 day, 0:00:00"], ["10:00:00+01:00"], {"at": "10:00:00", "amount": "1.50"}]
+    ]

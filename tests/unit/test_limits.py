@@ -147,6 +147,16 @@ async def test_a_malformed_content_length_is_400(headers: list[tuple[bytes, byte
     assert "Content-Length" in orjson.loads(wire.body)["detail"]
 
 
+async def test_content_length_beside_transfer_encoding_is_400() -> None:
+    """h11 frames such a body by Transfer-Encoding: a small Content-Length would otherwise
+    pass a chunked body of any size to a route that answers without reading it."""
+    headers = [(b"content-length", b"10"), (b"transfer-encoding", b"chunked")]
+    app, wire = Reader(), Wire(pieces(64 << 20))
+    await run(app, {**scope({}), "headers": headers}, wire)
+    assert (wire.status, app.calls, wire.reads) == (400, 0, 0)
+    assert "Transfer-Encoding" in orjson.loads(wire.body)["detail"]
+
+
 def test_repeated_equal_lengths_are_one_length() -> None:
     assert declared_length([(b"Content-Length", b"42, 42"), (b"content-length", b"42")]) == 42
     assert declared_length([(b"content-type", b"text/plain")]) is None

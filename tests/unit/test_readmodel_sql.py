@@ -141,6 +141,11 @@ def test_finance_sql_is_read_only(tmp_path: Path) -> None:
         )
         cut = run(cur, "SELECT range AS n FROM range(5) ORDER BY n", max_rows=3)
         assert (cut.rows, cut.truncated) == ([[0], [1], [2]], True)
+        # Bytes bound an answer too: rows of 1 MB, 3.5 MB allowed, so four rows come back.
+        big = run(cur, "SELECT repeat('x', 1000000) AS s FROM range(100)", 10, 3_500_000)
+        assert (len(big.rows), big.truncated) == (4, True)
+        whole = run(cur, "SELECT repeat('x', 1000000) AS s FROM range(3)", 10, 3_500_000)
+        assert (len(whole.rows), whole.truncated) == (3, False)
         plan = run(cur, "EXPLAIN SELECT * FROM invoice_lines", max_rows=10)
         assert "invoice_lines" in str(plan.rows)
         for sql, reason in [

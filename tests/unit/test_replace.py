@@ -4,7 +4,10 @@ reads answered 503 and the next `metering up` failed until the file was deleted 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import threading
+import time
 from pathlib import Path
 
 import duckdb
@@ -12,6 +15,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from api.replace import Paths, answer, answered, ask, check, expected_columns, swap, taken
+from api.service import ReadModelService
 from billing.plan import load_plan
 from metering.settings import Settings
 from projections.readmodel.projector import Projector, table_of
@@ -108,3 +112,65 @@ def test_swap_drops_the_live_files_wal(tmp_path: Path) -> None:
     swap(paths.candidate, paths.live)
     assert paths.live.read_bytes() == b"new"
     assert not wal.exists() and not paths.candidate.exists()
+
+
+def test_closing_interrupts_running_reads_and_refuses_new_ones(tmp_path: Path) -> None:
+    """A swap closes the live file while reads may run (a 30 s finance query): DuckDB refuses
+    to close a busy connection, which once ended the replace task and projection for good."""
+    projector = Projector(SETTINGS, PLAN, tmp_path / "metering.duckdb")
+    started, ended = threading.Event(), []
+
+    def long_read() -> None:
+        with projector.reader() as cur:
+            started.set()
+            try:
+                cur.execute("SELECT sum(a.range * b.range) FROM range(100000000) a, range(100) b")
+                ended.append("finished")
+            except duckdb.InterruptException:
+                ended.append("interrupted")
+
+    reading = threading.Thread(target=long_read)
+    reading.start()
+    assert started.wait(10)
+    time.sleep(0.3)
+    projector.close(timeout=20)
+    reading.join(20)
+    assert ended == ["interrupted"]
+    with pytest.raises(RuntimeError, match="being closed"), projector.reader():
+        pass
+
+
+def test_a_failed_swap_is_answered_and_the_live_file_serves_again(tmp_path: Path) -> None:
+    service = ReadModelService(SETTINGS.model_copy(update={"data_dir": tmp_path}), PLAN)
+    started: list[str] = []
+
+    async def broken_replace() -> None:
+        raise duckdb.IOException("IO Error: No space left on device")
+
+    async def start() -> None:
+        started.append("live file reopened")
+
+    async def replace() -> None:
+        pass
+
+    service.replace = replace  # type: ignore[method-assign]
+    assert asyncio.run(service._replace_answering()) == [], "a swap that worked was not told"
+    service.replace = broken_replace  # type: ignore[method-assign]
+    service.start = start  # type: ignore[method-assign]
+    problems = asyncio.run(service._replace_answering())
+    assert problems == ["the swap failed: IOException('IO Error: No space left on device')"]
+    assert started == ["live file reopened"]
+
+    async def cannot_start() -> None:
+        raise OSError("the disk is gone")
+
+    async def reopen_fails() -> tuple[list[str], BaseException | None]:
+        service.start = cannot_start  # type: ignore[method-assign]
+        problems = await service._replace_answering()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return problems, service.failed()
+
+    problems, failure = asyncio.run(reopen_fails())
+    assert "could not be reopened" in problems[0]
+    assert isinstance(failure, OSError), "the supervisor was not told"

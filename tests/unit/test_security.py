@@ -103,6 +103,9 @@ def test_secrets_never_appear_in_repr_dumps_or_errors(tls_files: dict[str, Path]
         ({"kafka_sasl_mechanism": ""}, "SASL_SSL needs a mechanism, a username and a password"),
         ({"kafka_ssl_cafile": "/nonexistent/ca.pem"}, "/nonexistent/ca.pem is not a file"),
         ({"kafka_ssl_keyfile": ""}, "a client certificate needs its key"),
+        ({"session_secret": "x" * 31}, "METERING_SESSION_SECRET: must have at least 32"),
+        ({"metrics_host": "0.0.0.0"}  # noqa: S104 - the point of the test, "/metrics served beyond loopback needs keys"),
+        ({"api_host": "0.0.0.0"}  # noqa: S104 - the point of the test, "an API listening beyond loopback needs keys"),
     ],
 )
 def test_inconsistent_security_settings_are_refused(
