@@ -81,7 +81,9 @@ def crossings(month: str, tenant: str | None, fmt: str) -> None:
 def sql(query: str, fmt: str) -> None:
     """Run one read-only SQL QUERY on the read model (tables and views: see README).
 
-    QUERY may be `-` to read it from standard input, or `@FILE`.
+    QUERY may be `-` to read it from standard input, or `@FILE`. One SELECT (or a plain
+    EXPLAIN of one); it is stopped after METERING_SQL_TIMEOUT seconds, and an answer holds at
+    most METERING_SQL_MAX_ROWS rows (a warning on stderr says when rows were left out).
     """
     if query == "-":
         query = sys.stdin.read()
@@ -90,6 +92,12 @@ def sql(query: str, fmt: str) -> None:
     body = call_api(cli_settings(), "POST", "/v1/sql", json={"sql": query})
     rows = [dict(zip(body["columns"], row, strict=True)) for row in body["rows"]]
     render(rows, fmt, "", body["columns"])
+    if body.get("truncated"):
+        click.echo(
+            f"warning: only the first {len(rows)} rows; the answer was cut at the server's "
+            "limit (METERING_SQL_MAX_ROWS, or about 64 MiB): aggregate or add a LIMIT",
+            err=True,
+        )
 
 
 @click.command()

@@ -262,3 +262,20 @@ def test_moved_records_count_once_before_and_after_their_copies_arrive(tmp_path:
     projector.write(copies)
     # originals give way to their copies; the second copy of the first one is no record
     assert chats() == ("23", 3, 4)
+
+
+def test_metering_sql_warns_when_the_answer_was_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from metering import query_commands
+
+    def answer(truncated: bool) -> dict[str, object]:
+        return {"columns": ["n"], "rows": [[0], [1]], "truncated": truncated}
+
+    monkeypatch.setattr(query_commands, "cli_settings", lambda: None)
+    for truncated in (True, False):
+        monkeypatch.setattr(query_commands, "call_api", lambda *a, t=truncated, **k: answer(t))
+        result = CliRunner().invoke(query_commands.sql, ["SELECT 1", "--format", "csv"])
+        assert result.exit_code == 0, result.output
+        assert result.stdout.splitlines() == ["n", "0", "1"]
+        assert ("only the first 2 rows" in result.stderr) is truncated
