@@ -150,7 +150,6 @@ async def answer(send: Send, status: int, detail: str) -> None:
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
-        (b"x-content-type-options", b"nosniff"),
         # The body was not read to its end: closing is the only way not to read the rest
         # (uvicorn would otherwise read and discard it to keep the connection alive).
         (b"connection", b"close"),

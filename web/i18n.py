@@ -24,6 +24,10 @@ LABELS: Final[dict[str, dict[Language, str]]] = {
     "sign_out": {"nl": "Afmelden", "en": "Sign out"},
     "api_key": {"nl": "API-sleutel", "en": "API key"},
     "bad_key": {"nl": "Onbekende API-sleutel.", "en": "Unknown API key."},
+    "form_expired": {
+        "nl": "Het formulier is verlopen of ongeldig. Probeer het opnieuw.",
+        "en": "The form has expired or is not valid. Please try again.",
+    },
     "signed_in_as": {"nl": "Aangemeld als", "en": "Signed in as"},
     "owner_details": {"nl": "Gegevens van eigenaar", "en": "Owner details"},
     "company": {"nl": "Bedrijfsnaam", "en": "Company name"},

@@ -39,11 +39,6 @@ LANG_COOKIE = "metering_lang"
 MONTHS_SHOWN = 12
 READERS = {"finance", "tenant", OPEN}
 _NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}")
-# Kept here rather than in i18n.LABELS until that module takes it (it is owned elsewhere).
-FORM_EXPIRED: dict[Language, str] = {
-    "nl": "Het formulier is verlopen of ongeldig. Probeer het opnieuw.",
-    "en": "The form has expired or is not valid. Please try again.",
-}
 NO_TENANT: dict[str, Any] = {
     "company": None, "serial_number": None, "database_type": None, "users": None,
     "expires_on": None, "grace_to": None, "modules": [],
@@ -210,7 +205,7 @@ async def login(request: Request, web: Ui) -> Response:
     target = _safe_next(form.get("next"))
     lang = web.language(request)
     if not web.csrf_ok(request, form.get("csrf")):
-        return web.login_page(request, lang, target, 403, FORM_EXPIRED[lang])
+        return web.login_page(request, lang, target, 403, label("form_expired", lang))
     key = form.get("key", "").strip()
     try:
         who = authenticate(web.keys, key or None)
@@ -233,7 +228,7 @@ async def logout(request: Request, web: Ui) -> Response:
     form = await _form(request)
     if not web.csrf_ok(request, form.get("csrf")):
         lang = web.language(request)
-        return web.login_page(request, lang, "/ui", 403, FORM_EXPIRED[lang])
+        return web.login_page(request, lang, "/ui", 403, label("form_expired", lang))
     response = RedirectResponse("/ui/login", 303)
     response.delete_cookie(SESSION_COOKIE, path="/ui")
     response.delete_cookie(LEGACY_KEY_COOKIE, path="/ui")

@@ -23,8 +23,7 @@ from api.headers import script_hashes
 from api.service import ReadModelService
 from billing.plan import load_plan
 from metering.settings import ApiKey, Settings
-from web.i18n import LABELS, choose, unit_label
-from web.routes import FORM_EXPIRED
+from web.i18n import LABELS, choose, label, unit_label
 from web.view import BOTTOM, HEIGHT, TOP, Formats, chart, messages, metered_services
 
 PLAN = load_plan()
@@ -260,7 +259,7 @@ async def test_sign_in_needs_the_forms_csrf_token(caplog: pytest.LogCaptureFixtu
                 data["csrf"] = token
             refused = await client.post("/ui/login", data=data)
             assert refused.status_code == 403, token
-            assert FORM_EXPIRED["en"] in refused.text and 'role="alert"' in refused.text
+            assert label("form_expired", "en") in refused.text and 'role="alert"' in refused.text
             assert "metering_session" not in refused.headers.get("set-cookie", "")
         assert (await client.get("/ui/tenants/acme")).status_code == 303  # still signed out
 
@@ -294,7 +293,7 @@ async def test_sign_out_needs_the_pages_token() -> None:
         assert 'action="/ui/logout"' in page.text
         for data in ({}, {"csrf": "forged"}):
             refused = await client.post("/ui/logout", data=data)
-            assert refused.status_code == 403 and FORM_EXPIRED["en"] in refused.text
+            assert refused.status_code == 403 and label("form_expired", "en") in refused.text
             assert (await client.get("/ui/tenants/acme")).status_code == 200  # still signed in
         out = await client.post("/ui/logout", data={"csrf": token_in(page)})
         assert out.status_code == 303 and out.headers["location"] == "/ui/login"
