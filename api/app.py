@@ -8,6 +8,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from api.deps import wait_fresh
+from api.finance_sql import FinanceSql
 from api.headers import install_security_headers
 from api.ingest import Ingestor
 from api.limits import install_body_limits
@@ -21,6 +22,7 @@ def create_api(service: ReadModelService) -> FastAPI:
     app = FastAPI(title="metering read model", version="0.1.0")
     app.state.service = service
     app.state.ingestor = Ingestor(service.settings, service.plan)
+    app.state.finance_sql = FinanceSql(service.settings)
     for area in (health, ingest, reads, finance):
         app.include_router(area.router)
 

@@ -26,6 +26,7 @@ from api.service import ReadModelService
 from metering.settings import Settings
 from projections.readmodel import finance_sql
 from projections.readmodel.finance_sql import Answer
+from projections.readmodel.projector import Closing
 
 # How often the watchdog looks at the clock and the client. DuckDB forgets an interrupt that
 # comes between two statements, so a stopped query is interrupted again every round.
@@ -154,7 +155,7 @@ class FinanceSql:
                         return finance_sql.run(cur, sql, self.max_rows)
                     finally:
                         query.detach()
-            except duckdb.ConnectionException as exc:
+            except (duckdb.ConnectionException, Closing) as exc:
                 raise Unavailable(f"the read model closed: {exc}") from None
         finally:
             self._release(query)
@@ -179,9 +180,6 @@ async def _disconnected(request: Request) -> bool:
 
 
 def runner(request: Request) -> FinanceSql:
-    """The app's runner, made on first use (one pool and one set of slots per app)."""
-    state = request.app.state
-    found: FinanceSql | None = getattr(state, "finance_sql", None)
-    if found is None:
-        found = state.finance_sql = FinanceSql(state.service.settings)
+    """The app's runner: one pool and one set of slots per app (made by `create_api`)."""
+    found: FinanceSql = request.app.state.finance_sql
     return found

@@ -92,6 +92,10 @@ def harden(
     con.execute("SET lock_configuration = true")
 
 
+class Closing(RuntimeError):
+    """A read asked for while the file is being closed (a swap, or the process stopping)."""
+
+
 class Projector:
     def __init__(self, settings: Settings, plan: Plan, path: Path) -> None:
         self.settings = settings
@@ -131,7 +135,7 @@ class Projector:
         """A cursor of its own: reads see the last committed batch and never wait for one."""
         with self._readers_lock:
             if self._closing:
-                raise RuntimeError("the read model is being closed (replaced or stopping)")
+                raise Closing("the read model is being closed (replaced or stopping)")
             cur = self.con.cursor()
             self._readers.add(cur)
         try:

@@ -18,7 +18,7 @@ from api.replace import Paths, answer, answered, ask, check, expected_columns, s
 from api.service import ReadModelService
 from billing.plan import load_plan
 from metering.settings import Settings
-from projections.readmodel.projector import Projector, table_of
+from projections.readmodel.projector import Closing, Projector, table_of
 from projections.readmodel.rows import Record
 from schemas.records import ThresholdCrossed
 from schemas.usage import Service
@@ -136,7 +136,7 @@ def test_closing_interrupts_running_reads_and_refuses_new_ones(tmp_path: Path) -
     projector.close(timeout=20)
     reading.join(20)
     assert ended == ["interrupted"]
-    with pytest.raises(RuntimeError, match="being closed"), projector.reader():
+    with pytest.raises(Closing, match="being closed"), projector.reader():
         pass
 
 
