@@ -27,11 +27,12 @@ lock: ## Re-resolve requirements.lock (pins and hashes) from pyproject.toml
 kafka: install ## Fetch the pinned Apache Kafka jars with Maven (cached)
 	$(BIN)/python -m metering.broker fetch
 
-lint: install ## ruff, bandit, and docker-compose.yml against the Compose spec
+lint: install ## ruff, import contracts (.importlinter), bandit, docker-compose.yml against the Compose spec
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
-	$(BIN)/bandit -q -c pyproject.toml -r metering schemas billing projections streams api web observability bench
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/bandit -q -c pyproject.toml -r runtime schemas billing projections observability readmodel streams api web server metering bench
 
 format: install ## Format and fix what ruff can
 	$(BIN)/ruff format .

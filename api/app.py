@@ -5,9 +5,10 @@ leaves as strings, never as floats."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from fastapi import FastAPI
 
-from api.deps import wait_fresh
 from api.finance_sql import FinanceSql
 from api.headers import install_security_headers
 from api.ingest import Ingestor
@@ -15,21 +16,22 @@ from api.limits import install_body_limits
 from api.metrics import instrument
 from api.routes import finance, health, ingest, reads
 from api.service import ReadModelService
-from web.routes import register as register_web
 
 
-def create_api(service: ReadModelService) -> FastAPI:
+def create_api(
+    service: ReadModelService, extra: Sequence[Callable[[FastAPI], None]] = ()
+) -> FastAPI:
+    """The API's routers, then what `extra` mounts (the page: see server.app), then the layers
+    that wrap them all."""
     app = FastAPI(title="metering read model", version="0.1.0")
     app.state.service = service
     app.state.ingestor = Ingestor(service.settings, service.plan)
     app.state.finance_sql = FinanceSql(service.settings)
     for area in (health, ingest, reads, finance):
         app.include_router(area.router)
+    for mount in extra:
+        mount(app)
 
-    async def fresh() -> None:
-        await wait_fresh(service)
-
-    register_web(app, service, fresh)
     # Middleware added later wraps what came before: the body limit is the outermost
     # add_middleware layer, so an oversized body is refused before metrics, routing or a key
     # are looked at. The headers layer wraps the whole built stack (Starlette's error layer

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
 
-from metering.settings import ApiKey
 from observability.access import key_hash as key_hash  # re-exported: what a key is stored as
 from observability.access import matching_key
+from runtime.settings import ApiKey
 from schemas.envelope import CloudEvent
 
 OPEN = "open"  # no keys configured: a loopback-only API for the local stack

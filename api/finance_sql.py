@@ -23,10 +23,10 @@ import duckdb
 from fastapi import Request
 
 from api.service import ReadModelService
-from metering.settings import Settings
-from projections.readmodel import finance_sql
-from projections.readmodel.finance_sql import Answer
-from projections.readmodel.projector import Closing
+from readmodel import finance_sql
+from readmodel.finance_sql import Answer
+from readmodel.store import Closing
+from runtime.settings import Settings
 
 # How often the watchdog looks at the clock and the client. DuckDB forgets an interrupt that
 # comes between two statements, so a stopped query is interrupted again every round.

@@ -30,7 +30,7 @@ from fastapi.openapi.docs import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from metering.settings import Settings
+from runtime.settings import Settings
 
 _COMMON = (
     "base-uri 'none'",

@@ -26,10 +26,10 @@ from fastapi import HTTPException, Request
 
 from api.auth import OPEN, Principal, refusals
 from billing.plan import Plan
-from metering.clock import Clock, system_clock
-from metering.settings import Settings
 from projections.binding import CONTENT_TYPE, HTTP_PREFIX, header_bytes, is_binary, structured
 from projections.decode import Rejected, admit
+from runtime.clock import Clock, system_clock
+from runtime.settings import Settings
 from schemas.envelope import CloudEvent
 from streams.kafka import new_producer
 

@@ -25,7 +25,7 @@ import orjson
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from metering.settings import Settings
+from runtime.settings import Settings
 
 log = logging.getLogger("metering.api.limits")
 DISCONNECT: Message = {"type": "http.disconnect"}

@@ -19,12 +19,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.deps import service_of
 from api.service import ReadModelService
-from metering.clock import Clock, system_clock
 from observability.access import CHALLENGE, REFUSALS, scrape_status
 from observability.figures import figures, windows
 from observability.metrics import ReadModelMetrics
 from projections.months import month_of
-from projections.readmodel import queries
+from readmodel import queries
+from runtime.clock import Clock, system_clock
 
 log = logging.getLogger("metering.api.metrics")
 # A client may send any method name; only these become label values.

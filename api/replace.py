@@ -19,7 +19,7 @@ import duckdb
 from aiokafka import TopicPartition
 
 from billing.plan import Plan
-from projections.readmodel import schema
+from readmodel import schema
 
 COLUMNS = (
     "SELECT table_name, column_name, data_type FROM information_schema.columns "

@@ -16,10 +16,10 @@ from prometheus_client import CollectorRegistry
 
 from api.replace import Paths, ReplaceRefused, answer, check, expected_columns, swap, taken
 from billing.plan import Plan
-from metering.settings import Settings
 from observability.metrics import ReadModelMetrics
-from projections.readmodel.projector import Projector, table_of
+from runtime.settings import Settings
 from streams.progress import NotCaughtUp, OffsetsProbe, behind
+from streams.projector import Projector, table_of
 
 T = TypeVar("T")
 log = logging.getLogger("metering.api")

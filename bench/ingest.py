@@ -24,8 +24,8 @@ from bench.report import report
 from bench.stack import Component, environment, start
 from metering.broker import start_broker
 from metering.generate import generate_month
-from metering.settings import Settings
 from projections.months import month_of, previous_month
+from runtime.settings import Settings
 from streams.kafka import ensure_topics, producer
 
 BATCH = "application/cloudevents-batch+json"

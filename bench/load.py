@@ -17,7 +17,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from metering.generate import generate_month
-from metering.settings import Settings
+from runtime.settings import Settings
 from streams.kafka import new_producer
 
 # Per tenant and month at scale 1: about 30 storage measurements, 7 mailings and 1,325

@@ -46,8 +46,8 @@ from bench.readmodel import consume_baseline
 from bench.report import report
 from bench.stack import Component, cpu_seconds, environment, histogram_quantile, start
 from metering.broker import start_broker
-from metering.settings import Settings
 from projections.months import month_of, previous_month
+from runtime.settings import Settings
 from streams.kafka import ensure_topics
 from streams.progress import OffsetsProbe, behind
 

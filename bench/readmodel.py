@@ -29,10 +29,9 @@ from bench.report import report
 from billing.plan import load_plan
 from metering.broker import start_broker
 from metering.generate import generate_month
-from metering.settings import Settings
 from projections.months import month_of, previous_month
-from projections.readmodel import queries
-from projections.readmodel.projector import Projector
+from readmodel import queries
+from runtime.settings import Settings
 from streams.kafka import (
     consumer,
     end_offsets,
@@ -41,6 +40,7 @@ from streams.kafka import (
     producer,
     read_to_end,
 )
+from streams.projector import Projector
 
 
 async def produce(settings: Settings, events: int, month: str) -> int:

@@ -261,7 +261,7 @@ def is_alive(pid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from metering.settings import load_settings
+    from runtime.settings import load_settings
 
     parser = argparse.ArgumentParser(prog="python -m metering.broker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -14,9 +14,9 @@ import click
 import orjson
 
 from metering.cli_common import cli_plan, cli_settings, month_callback, run_async
-from metering.clock import Clock, system_clock
-from metering.settings import Role
 from projections.months import month_of, next_month, previous_month
+from runtime.clock import Clock, system_clock
+from runtime.settings import Role
 
 T = TypeVar("T")
 # "Now" for the defaults and checks that depend on the day (a test may replace it).
@@ -94,7 +94,7 @@ def projector() -> None:
     The file is METERING_DUCKDB_PATH (default <data dir>/metering.duckdb); the API listens
     on METERING_API_HOST:METERING_API_PORT (port 0: a free one, printed at start).
     """
-    from api.run import run_projector
+    from server.run import run_projector
 
     settings = cli_settings()
     run_projector(settings, cli_plan(settings))

@@ -9,11 +9,11 @@ from typing import Any, TypeVar
 
 import click
 
-from billing.plan import Plan, PlanError, load_plan
+from billing.plan import DEFAULT_PLAN, Plan, PlanError, load_plan
 from metering.client import ApiError
 from metering.render import FORMATS
-from metering.settings import Settings, SettingsError, load_settings
 from projections.months import parse_month
+from runtime.settings import Settings, SettingsError, load_settings
 from streams.kafka import TopicLayoutError
 
 T = TypeVar("T")
@@ -28,7 +28,7 @@ def cli_settings() -> Settings:
 
 def cli_plan(settings: Settings) -> Plan:
     try:
-        return load_plan(settings.plan_file)
+        return load_plan(settings.plan_file or DEFAULT_PLAN)
     except PlanError as exc:
         raise click.ClickException(str(exc)) from None
 

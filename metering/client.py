@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import orjson
 
-from metering.settings import Settings
+from runtime.settings import Settings
 
 
 class ApiError(RuntimeError):

@@ -20,9 +20,9 @@ from api.replace import Paths, answered, ask, check, expected_columns, swap
 from billing.plan import Plan
 from metering.cli_common import cli_plan, cli_settings, run_async
 from metering.client import ApiError, request
-from metering.settings import Settings, SettingsError
-from projections.readmodel.projector import Projector, table_of
+from runtime.settings import Settings, SettingsError
 from streams.kafka import end_offsets
+from streams.projector import Projector, table_of
 
 
 def live_path(settings: Settings) -> Path:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from metering.settings import Settings
+from runtime.settings import Settings
 from schemas.records import DeadLetter
 from streams.kafka import partitions_of, producer
 

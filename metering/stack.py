@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from metering.broker import Broker, is_alive, start_broker, stop_process
-from metering.settings import Settings
+from runtime.settings import Settings
 from streams.kafka import ensure_topics
 
 

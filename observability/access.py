@@ -17,7 +17,7 @@ import hmac
 from collections.abc import Sequence
 from http import HTTPStatus
 
-from metering.settings import ApiKey
+from runtime.settings import ApiKey
 
 SCRAPERS = frozenset({"metrics"})
 # RFC 6750: a 401 tells the client which scheme to use.

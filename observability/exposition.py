@@ -12,8 +12,8 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from metering.settings import ApiKey, load_settings
 from observability.access import CHALLENGE, REFUSALS, scrape_status
+from runtime.settings import ApiKey, load_settings
 
 
 class _Quiet(WSGIRequestHandler):

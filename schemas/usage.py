@@ -16,7 +16,7 @@ MAX_QUANTITY = 10**9
 # 10^15 (1 PB) is a thousand times that. Storage is billed on the month's peak, never summed.
 MAX_BYTES = 10**15
 # With these bounds every read-model column holds what valid events can lead to: see the
-# worst case worked out in projections/readmodel/schema.py.
+# worst case worked out in readmodel/schema.py.
 
 
 class Service(StrEnum):

@@ -13,7 +13,7 @@ import time
 
 import orjson
 
-from metering.settings import Settings
+from runtime.settings import Settings
 from schemas.records import CLOSE_REQUESTED, MonthClosed, MonthCloseRequested
 from streams.kafka import partitions_of, producer, read_all
 

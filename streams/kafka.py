@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from metering.settings import Settings
+from runtime.settings import Settings
 
 # Decisions are judged against the time a record entered the log (DESIGN.md s.4), so the input
 # topics stamp it themselves instead of trusting the producer's clock.

@@ -14,8 +14,9 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
 
-from metering.settings import Settings, Topics
 from projections.batch import BatchResult
+from runtime.settings import Settings
+from runtime.topics import Topics
 from streams.kafka import read_all
 
 

@@ -12,7 +12,7 @@ import time
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from metering.settings import Settings
+from runtime.settings import Settings
 from streams.kafka import TopicLayoutError, require_started
 
 

@@ -29,9 +29,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from metering.settings import Settings
 from projections.batch import BatchResult
 from projections.tenant import TenantState
+from runtime.settings import Settings
 from streams.kafka import admin_client, read_to_end
 from streams.seen import SeenIndex
 

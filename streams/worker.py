@@ -29,7 +29,6 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from prometheus_client import CollectorRegistry
 
 from billing.plan import Plan
-from metering.settings import Settings
 from observability.exposition import serve
 from observability.metrics import WorkerMetrics
 from projections.batch import BatchResult, fold_batch
@@ -37,6 +36,7 @@ from projections.decode import check_system_event, decode
 from projections.events import CloseMarkerSeen, Decoded, Position, UsageRecorded, trusted
 from projections.months import auto_close_due
 from projections.tenant import Triggers
+from runtime.settings import Settings
 from schemas.records import DeadLetter
 from streams import routing
 from streams.commands import request_close

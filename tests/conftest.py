@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from metering.broker import Broker, start_broker, stop_process
-from metering.settings import Settings
+from runtime.settings import Settings
 from streams.kafka import ensure_topics
 
 CACHE = Path(os.environ.get("METERING_CACHE_DIR") or Path.home() / ".cache" / "metering")

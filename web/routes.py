@@ -23,10 +23,10 @@ from fastapi.staticfiles import StaticFiles
 
 from api.auth import OPEN, Principal, authenticate, presented_key, require, require_tenant
 from api.service import ReadModelService
-from metering.clock import Clock, system_clock
 from observability.access import matching_key
 from projections.months import month_of, months_until, parse_month
-from projections.readmodel import queries
+from readmodel import queries
+from runtime.clock import Clock, system_clock
 from web.i18n import LABELS, Language, choose, label
 from web.session import Session, Sessions, new_nonce
 from web.view import Formats, messages, metered_services

@@ -25,8 +25,8 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from pydantic import SecretStr
 
 from api.auth import Principal
-from metering.clock import Clock, system_clock
-from metering.settings import ApiKey
+from runtime.clock import Clock, system_clock
+from runtime.settings import ApiKey
 
 _SESSION_SALT = "metering.ui.session"
 _CSRF_SALT = "metering.ui.csrf"

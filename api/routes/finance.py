@@ -13,7 +13,7 @@ from api.deps import Caller, Service, fresh
 from api.finance_sql import TIMED_OUT, Busy, FinanceSql, Stopped, Unavailable
 from api.finance_sql import runner as finance_runner
 from api.responses import json_response, month_param
-from projections.readmodel import queries
+from readmodel import queries
 
 
 def finance(principal: Caller) -> Principal:
@@ -48,7 +48,7 @@ async def sql(
     consistent: bool = True,
 ) -> Response:
     """One SELECT (or plain EXPLAIN of one), read-only, on a connection that cannot write,
-    reach files or the network, or change settings (projections/readmodel/README.md)."""
+    reach files or the network, or change settings (readmodel/README.md)."""
     if consistent:
         await fresh(request)
     try:

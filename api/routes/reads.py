@@ -14,7 +14,7 @@ from api.auth import require, require_tenant
 from api.deps import Caller, Service, caller, fresh
 from api.responses import csv_response, json_response, month_param
 from projections.months import months_until
-from projections.readmodel import queries
+from readmodel import queries
 
 router = APIRouter(dependencies=[Depends(caller)])
 

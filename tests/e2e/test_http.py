@@ -10,8 +10,8 @@ import httpx
 import orjson
 import pytest
 
-from metering.settings import Settings
 from projections.months import month_of, next_month, previous_month
+from runtime.settings import Settings
 from streams.kafka import end_offsets
 from tests.conftest import Stack
 from tests.factories import cloudevent, stored_keys

@@ -15,8 +15,8 @@ import pytest
 from cloudevents.core.bindings import http
 from cloudevents.core.v1.event import CloudEvent
 
-from metering.settings import Settings
 from projections.months import month_of, previous_month
+from runtime.settings import Settings
 from streams.kafka import end_offsets
 from tests.conftest import Stack
 from tests.factories import cloudevent, limited_key, stored_keys

@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import orjson
 
-from metering.settings import Settings
 from projections.tenant import TenantState
+from runtime.settings import Settings
 from schemas.usage import USAGE_TYPES
 from streams.kafka import read_all
 from streams.progress import wait_for_workers

@@ -39,8 +39,8 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from confluent_kafka import KafkaError, Message, Producer
 
-from metering.settings import Settings
 from projections.months import month_of, next_month, previous_month
+from runtime.settings import Settings
 from schemas.usage import USAGE_TYPES
 from streams.progress import wait_for_workers
 from streams.routing import home

@@ -25,16 +25,16 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi import FastAPI
 
-from api.app import create_api
 from api.auth import key_hash
 from api.service import ReadModelService
 from billing.plan import load_plan
 from metering.generate import generate_month
-from metering.settings import ApiKey, Settings
-from projections.readmodel.projector import Projector
-from projections.readmodel.rows import Record
+from readmodel.rows import Record
+from runtime.settings import ApiKey, Settings
 from schemas.records import DeadLetter, InvoiceLine, MonthClosed, Provenance, ThresholdCrossed
 from schemas.usage import Service
+from server.app import create_app
+from streams.projector import Projector
 
 PLAN = load_plan()
 KEY = "finance-secret"
@@ -265,7 +265,7 @@ def read_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReadModel]:
     projector.con.execute("CREATE SEQUENCE invoice_numbers")
     service = ReadModelService(settings, PLAN)
     service.projector = projector  # no broker: the reads below skip the freshness wait
-    yield ReadModel(create_api(service), projector, data_dir, loot)
+    yield ReadModel(create_app(service), projector, data_dir, loot)
     projector.close()
 
 
@@ -296,7 +296,7 @@ def readme_queries() -> list[str]:
     README (its ```sql block)."""
     top = (ROOT / "README.md").read_text()
     found = re.findall(r'metering sql "([^"]+)"', top)
-    own = (ROOT / "projections/readmodel/README.md").read_text()
+    own = (ROOT / "readmodel/README.md").read_text()
     block = own.split("## Example queries", 1)[1].split("```sql", 1)[1].split("```", 1)[0]
     found += [q.strip() for q in block.split(";") if q.strip()]
     assert len(found) >= 8, "the READMEs' example queries moved: update readme_queries()"

@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from billing.plan import load_plan
-from metering.settings import Settings
 from projections.decode import decode
 from projections.events import Position
 from projections.months import month_of
+from runtime.settings import Settings
 from schemas.records import DeadLetter
 from schemas.usage import MAX_BYTES, MAX_QUANTITY
 from streams.kafka import producer

@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 import pytest
 
-from metering.settings import Settings
 from projections.tenant import TenantState
+from runtime.settings import Settings
 from streams.kafka import read_all
 from streams.progress import wait_for_workers
 from tests.conftest import Stack

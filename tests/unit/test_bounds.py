@@ -14,19 +14,19 @@ import pytest
 
 from billing.plan import load_plan
 from billing.rating import rate
-from metering.settings import Settings
 from projections.decode import Rejected, _plain_usage, admit, decode, validated
 from projections.events import Position, UsageRecorded
-from projections.readmodel.projector import Projector
-from projections.readmodel.rows import Record
+from readmodel.rows import Record
+from runtime.settings import Settings
 from schemas.records import InvoiceLine, MonthClosed, Provenance, ThresholdCrossed
 from schemas.usage import MAX_BYTES, MAX_QUANTITY, Service
+from streams.projector import Projector
 
 PLAN = load_plan()
 VERSION = PLAN.versions[0]
 LOG_TIME = dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)
 POSITION = Position(topic="usage-events", partition=0, offset=7, log_time=LOG_TIME)
-# The design point of projections/readmodel/schema.py: events of one partition in a month.
+# The design point of readmodel/schema.py: events of one partition in a month.
 EVENTS_PER_MONTH = 10**13
 
 

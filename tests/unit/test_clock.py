@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 from api.ingest import BatchRejected, Ingestor
 from billing.plan import load_plan
-from metering.clock import system_clock
-from metering.settings import Settings
+from runtime.clock import system_clock
+from runtime.settings import Settings
 from tests.factories import cloudevent
 
 PLAN = load_plan()

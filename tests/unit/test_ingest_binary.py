@@ -16,7 +16,7 @@ from starlette.requests import Request
 
 from api.ingest import BatchRejected, Ingestor
 from billing.plan import load_plan
-from metering.settings import Settings
+from runtime.settings import Settings
 from tests.factories import sdk_event
 
 PLAN = load_plan()

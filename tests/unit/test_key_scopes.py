@@ -34,8 +34,8 @@ from api.auth import (
 from api.ingest import BatchRejected, Ingestor, OutOfScope
 from billing.plan import load_plan
 from metering.cli import main
-from metering.settings import Role, Settings
 from projections.decode import admit
+from runtime.settings import Role, Settings
 from schemas.envelope import CloudEvent
 from tests.factories import TYPE_OF, cloudevent, limited_key, sdk_event, stored_keys
 from tests.unit.test_ingest_binary import Producer, request

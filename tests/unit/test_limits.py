@@ -17,7 +17,7 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.limits import BodyLimit, BodyTooLarge, Limit, declared_length, install_body_limits
-from metering.settings import Settings
+from runtime.settings import Settings
 
 LIMIT = Limit(4096, "METERING_TEST_LIMIT")
 CHUNK = 1000

@@ -12,13 +12,13 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from api.app import create_api
 from api.service import ReadModelService
 from billing.plan import load_plan
-from metering.settings import ApiKey, load_settings
 from observability.access import bearer, key_hash, scrape_status
 from observability.exposition import serve
 from observability.metrics import ReadModelMetrics
+from runtime.settings import ApiKey, load_settings
+from server.app import create_app
 
 TENANT = "acme-tenant-7f3"  # must never show in a refused answer
 SECRETS = {"metrics": "m-key", "finance": "f-key", "producer": "p-key", "tenant": "t-key"}
@@ -53,7 +53,7 @@ def filled_metrics() -> ReadModelMetrics:
 def read_model(keys: list[ApiKey], data_dir: Path) -> Get:
     settings = load_settings(kafka_bootstrap="127.0.0.1:9", data_dir=data_dir, api_keys=keys)
     service = ReadModelService(settings, load_plan(), filled_metrics())
-    transport = httpx.ASGITransport(app=create_api(service))
+    transport = httpx.ASGITransport(app=create_app(service))
 
     async def ask(headers: dict[str, str]) -> httpx.Response:
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:

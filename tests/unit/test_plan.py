@@ -108,7 +108,7 @@ def test_effective_dates_must_increase() -> None:
 
 
 def test_api_keys_are_checked_with_the_other_settings() -> None:
-    from metering.settings import SettingsError, load_settings
+    from runtime.settings import SettingsError, load_settings
 
     with pytest.raises(SettingsError) as info:
         load_settings(

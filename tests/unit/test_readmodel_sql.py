@@ -12,16 +12,16 @@ import pytest
 
 from billing.plan import load_plan
 from metering.generate import generate_month
-from metering.settings import Settings
 from projections.batch import fold_batch
 from projections.decode import decode
 from projections.events import Position
 from projections.memory import MemoryState
-from projections.readmodel.projector import Projector
-from projections.readmodel.queries import decimal_text, usage
-from projections.readmodel.rows import FORWARDED_FROM, Record
 from projections.tenant import rate_month
+from readmodel.queries import decimal_text, usage
+from readmodel.rows import FORWARDED_FROM, Record
+from runtime.settings import Settings
 from schemas.usage import Service
+from streams.projector import Projector
 
 PLAN = load_plan()
 MONTH = "2026-09"
@@ -128,8 +128,8 @@ def test_decimal_text_keeps_cents_and_drops_padding() -> None:
 
 
 def test_finance_sql_is_read_only(tmp_path: Path) -> None:
-    from projections.readmodel.finance_sql import run
-    from projections.readmodel.queries import QueryError
+    from readmodel.finance_sql import run
+    from readmodel.queries import QueryError
 
     projector = Projector(Settings(kafka_bootstrap="unused:1"), PLAN, tmp_path / "rm.duckdb")
     with projector.reader() as cur:

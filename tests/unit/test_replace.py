@@ -17,11 +17,12 @@ from aiokafka import TopicPartition
 from api.replace import Paths, answer, answered, ask, check, expected_columns, swap, taken
 from api.service import ReadModelService
 from billing.plan import load_plan
-from metering.settings import Settings
-from projections.readmodel.projector import Closing, Projector, table_of
-from projections.readmodel.rows import Record
+from readmodel.rows import Record
+from readmodel.store import Closing
+from runtime.settings import Settings
 from schemas.records import ThresholdCrossed
 from schemas.usage import Service
+from streams.projector import Projector, table_of
 
 PLAN = load_plan()
 SETTINGS = Settings(kafka_bootstrap="unused:1")

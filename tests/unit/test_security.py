@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from billing.plan import load_plan
-from metering.settings import SettingsError, load_settings
+from runtime.settings import SettingsError, load_settings
 from streams.kafka import new_producer
 from streams.worker import Worker
 

@@ -13,8 +13,8 @@ from itsdangerous.encoding import base64_decode
 from pydantic import SecretStr
 
 from api.auth import Principal, key_hash
-from metering.settings import ApiKey
 from observability.access import matching_key
+from runtime.settings import ApiKey
 from web.session import Sessions
 
 KEY = "tenant-key-5b1e0c"

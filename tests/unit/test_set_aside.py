@@ -13,16 +13,16 @@ import duckdb
 import httpx
 import pytest
 
-from api.app import create_api
-from api.run import run_projector
 from api.service import ReadModelService
 from billing.plan import load_plan
-from metering.settings import Settings
-from projections.readmodel import schema
-from projections.readmodel.projector import Projector
-from projections.readmodel.rows import Record
+from readmodel import schema
+from readmodel.rows import Record
+from runtime.settings import Settings
 from schemas.records import DeadLetter, MonthClosed, ThresholdCrossed
 from schemas.usage import Service
+from server.app import create_app
+from server.run import run_projector
+from streams.projector import Projector
 
 PLAN = load_plan()
 SETTINGS = Settings(kafka_bootstrap="unused:1")
@@ -149,7 +149,7 @@ def test_a_stopped_projector_is_reported_by_healthz_and_readyz() -> None:
         service = ReadModelService(SETTINGS, PLAN)
         service._task = asyncio.create_task(_fail_soon())
         error = await asyncio.wait_for(service.wait_failed(), 10)
-        transport = httpx.ASGITransport(app=create_api(service))
+        transport = httpx.ASGITransport(app=create_app(service))
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
             answers = [(p, (a := await client.get(p)).status_code, a.text)
                        for p in ("/healthz", "/readyz")]  # fmt: skip

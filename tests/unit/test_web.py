@@ -17,12 +17,12 @@ import pytest
 from fastapi import FastAPI
 from pydantic import SecretStr
 
-from api.app import create_api
 from api.auth import key_hash
 from api.headers import script_hashes
 from api.service import ReadModelService
 from billing.plan import load_plan
-from metering.settings import ApiKey, Settings
+from runtime.settings import ApiKey, Settings
+from server.app import create_app
 from web.i18n import LABELS, choose, label, unit_label
 from web.view import BOTTOM, HEIGHT, TOP, Formats, chart, messages, metered_services
 
@@ -218,7 +218,7 @@ def app_of(config: Settings) -> FastAPI:
         return None
 
     service.caught_up = caught_up  # type: ignore[method-assign]
-    return create_api(service)
+    return create_app(service)
 
 
 @contextlib.asynccontextmanager

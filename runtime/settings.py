@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +21,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from billing.plan import DEFAULT_PLAN
+from runtime.topics import Topics, topics_named
 
 Role = Literal["producer", "licensing", "operations", "finance", "tenant", "metrics"]
 
@@ -69,34 +68,6 @@ class SettingsError(ValueError):
         super().__init__("invalid settings:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-@dataclass(frozen=True)
-class Topics:
-    usage: str
-    licenses: str
-    system: str
-    crossings: str
-    lines: str
-    dead_letters: str
-    closes: str
-
-    @property
-    def inputs(self) -> tuple[str, str]:
-        """The topics a close barrier must pass through, in every partition."""
-        return (self.usage, self.licenses)
-
-    @property
-    def all(self) -> tuple[str, ...]:
-        return (
-            self.usage,
-            self.licenses,
-            self.system,
-            self.crossings,
-            self.lines,
-            self.dead_letters,
-            self.closes,
-        )
-
-
 def _default_cache() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "metering"
@@ -125,7 +96,14 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path(".metering")
     cache_dir: Path = Field(default_factory=_default_cache)
-    plan_file: Path = DEFAULT_PLAN
+    plan_file: Path | None = Field(
+        default=None, description="The plan (TOML); unset: the packaged billing/plan.toml."
+    )
+    services_file: Path | None = Field(
+        default=None,
+        description="The table of metered services (TOML); unset: the packaged "
+        "schemas/services.toml.",
+    )
     app_id: str = Field(default="metering", pattern=r"^[A-Za-z0-9._-]+$")
     topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$")
     partitions: int = Field(default=8, ge=1, le=1024)
@@ -284,16 +262,7 @@ class Settings(BaseSettings):
 
     @property
     def topics(self) -> Topics:
-        p = self.topic_prefix
-        return Topics(
-            usage=f"{p}usage-events",
-            licenses=f"{p}licenses",
-            system=f"{p}system-events",
-            crossings=f"{p}threshold-crossings",
-            lines=f"{p}invoice-lines",
-            dead_letters=f"{p}dead-letters",
-            closes=f"{p}month-closes",
-        )
+        return topics_named(self.topic_prefix)
 
     @property
     def stack_file(self) -> Path:

@@ -10,7 +10,7 @@ from typing import Any
 import duckdb
 import orjson
 
-from projections.readmodel.schema import NO_CUTOFF, monthly_usage
+from readmodel.schema import NO_CUTOFF, monthly_usage
 from schemas.records import CLOSE_REQUESTED
 
 CENT = Decimal("0.01")

@@ -1,7 +1,7 @@
 """Finance SQL: what a finance key may run on the read model, judged by DuckDB's own parser.
 
 The connection it runs on is already unable to touch files, the network or the settings
-(`projector.harden`), and each query runs in a read-only transaction that is always rolled
+(`readmodel.store.harden`), and each query runs in a read-only transaction that is always rolled
 back. This module adds what those switches leave open: only one statement, a SELECT or a
 plain EXPLAIN of one, and none of the few functions that act rather than read. What runs is
 DuckDB's own text of the SELECT it parsed (`json_deserialize_sql`), never the text sent, so
@@ -20,7 +20,7 @@ from typing import Any
 import duckdb
 import orjson
 
-from projections.readmodel.queries import QueryError, decimal_text
+from readmodel.queries import QueryError, decimal_text
 
 # Table functions that only read the read model or compute: a table function can do anything
 # (checkpoint, run SQL from a string, register external resources, scan Python memory), so

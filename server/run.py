@@ -8,11 +8,11 @@ import json
 
 import uvicorn
 
-from api.app import create_api
 from api.metrics import keep_fresh
 from api.service import ReadModelService
 from billing.plan import Plan
-from metering.settings import Settings
+from runtime.settings import Settings
+from server.app import create_app
 
 # uvicorn's own bounds, below the app's body limits (api/limits.py). A request's line and
 # headers must fit in 16 KiB (h11's default, set here so that it is a decision): h11 keeps an
@@ -36,7 +36,7 @@ class ProjectorStopped(RuntimeError):
 async def serve(settings: Settings, plan: Plan) -> None:
     service = ReadModelService(settings, plan)
     await service.start()
-    app = create_api(service)
+    app = create_app(service)
     config = uvicorn.Config(
         app,
         host=settings.api_host,
