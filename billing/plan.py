@@ -10,9 +10,17 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from schemas.usage import Service
+from schemas.services import Catalog, Service, default_catalog, load_catalog
 
 DEFAULT_PLAN = Path(__file__).with_name("plan.toml")
 
@@ -27,6 +35,9 @@ class PlanError(ValueError):
 
 
 class ServiceRate(BaseModel):
+    """A service's price in one version. `unit` and `unit_size` are not written in the plan:
+    they come from the services table (schemas/services.toml) as the plan is read."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     unit: str = Field(min_length=1)
@@ -40,14 +51,6 @@ class ServiceRate(BaseModel):
     def _price_not_float(cls, value: Any) -> Any:
         if isinstance(value, float):
             raise ValueError('write prices as strings, e.g. price = "32.40" (floats round)')
-        return value
-
-    @field_validator("unit_size")
-    @classmethod
-    def _power_of_ten(cls, value: int) -> int:
-        # Units convert to decimals exactly (bytes -> GB) only for powers of ten.
-        if value < 1 or 10 ** (len(str(value)) - 1) != value:
-            raise ValueError("must be a power of ten (1, 1000, 1000000000, ...)")
         return value
 
     @field_validator("included")
@@ -78,19 +81,22 @@ class PlanVersion(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> PlanVersion:
+    def _consistent(self, info: ValidationInfo) -> PlanVersion:
         problems: list[str] = []
+        # The services table the plan is read with (parse_plan passes it as context).
+        catalog = (info.context or {}).get("catalog") or default_catalog()
+        if missing := [n for n in catalog.names if n not in self.services]:
+            problems.append(f"services: missing {', '.join(missing)}")
+        if unknown := sorted(set(self.services) - set(catalog.names)):
+            problems.append(f"services: {', '.join(unknown)} not in the services table")
         if list(self.user_bands) != sorted(set(self.user_bands)) or any(
             b <= 0 for b in self.user_bands
         ):
             problems.append("user_bands: must be positive and strictly increasing")
-        missing = sorted(set(Service) - set(self.services))
-        if missing:
-            problems.append(f"services: missing {', '.join(missing)}")
         for name, rate in self.services.items():
             if len(rate.included) != len(self.user_bands) + 1:
                 problems.append(
-                    f"services.{name.value}.included: needs {len(self.user_bands) + 1} amounts "
+                    f"services.{name}.included: needs {len(self.user_bands) + 1} amounts "
                     f"(one per user band), has {len(rate.included)}"
                 )
         if problems:
@@ -106,6 +112,8 @@ class Plan(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     versions: tuple[PlanVersion, ...] = Field(min_length=1)
+    # The services it prices: the table it was read with, not a section of the plan file.
+    catalog: Catalog = Field(default_factory=default_catalog, exclude=True)
 
     @model_validator(mode="after")
     def _ordered(self) -> Plan:
@@ -145,11 +153,46 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def parse_plan(data: dict[str, Any], path: Path = DEFAULT_PLAN) -> Plan:
+def _with_units(data: dict[str, Any], catalog: Catalog) -> tuple[dict[str, Any], list[str]]:
+    """The plan's data with each rate's unit and unit_size from the table, which alone says
+    them; a plan that writes them anyway is told where they belong."""
+    problems: list[str] = []
+    versions = data.get("versions")
+    if not isinstance(versions, list):
+        return data, problems
+    out = []
+    for index, version in enumerate(versions):
+        rates = version.get("services") if isinstance(version, dict) else None
+        if not isinstance(rates, dict):
+            out.append(version)
+            continue
+        filled = {}
+        for name, rate in rates.items():
+            if isinstance(rate, dict) and name in catalog:
+                for key in ("unit", "unit_size"):
+                    if key in rate:
+                        problems.append(
+                            f"versions[{index}].services.{name}.{key}: belongs in the services "
+                            "table (METERING_SERVICES_FILE), not the plan"
+                        )
+                spec = catalog[name]
+                rate = {**rate, "unit": spec.unit.en, "unit_size": spec.unit_size}
+            filled[name] = rate
+        out.append({**version, "services": filled})
+    return {**data, "versions": out}, problems
+
+
+def parse_plan(
+    data: dict[str, Any], path: Path = DEFAULT_PLAN, catalog: Catalog | None = None
+) -> Plan:
+    catalog = catalog or default_catalog()
+    if "catalog" in data:
+        raise PlanError(path, ["catalog: not a plan setting (the services table is its own file)"])
+    data, unit_problems = _with_units(data, catalog)
     try:
-        return Plan.model_validate(data)
+        plan = Plan.model_validate({**data, "catalog": catalog}, context={"catalog": catalog})
     except ValidationError as exc:
-        problems = []
+        problems = list(unit_problems)
         for err in exc.errors(include_url=False):
             where = _location(tuple(err["loc"]))
             # Model-level checks report several "field: reason" parts in one message.
@@ -160,9 +203,16 @@ def parse_plan(data: dict[str, Any], path: Path = DEFAULT_PLAN) -> Plan:
                 else:
                     problems.append(f"{where or 'plan'}: {part}")
         raise PlanError(path, problems) from None
+    if unit_problems:
+        raise PlanError(path, unit_problems)
+    return plan
 
 
-def load_plan(path: Path = DEFAULT_PLAN) -> Plan:
+def load_plan(path: Path = DEFAULT_PLAN, services: Path | Catalog | None = None) -> Plan:
+    """The plan at `path`, pricing the services of the table at `services` (a path, a table
+    already read, or the packaged table); raises PlanError, or ServicesError for the table."""
+    if isinstance(services, Path):
+        services = load_catalog(services)
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -171,4 +221,4 @@ def load_plan(path: Path = DEFAULT_PLAN) -> Plan:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise PlanError(path, [f"not valid TOML: {exc}"]) from None
-    return parse_plan(data, path)
+    return parse_plan(data, path, services)

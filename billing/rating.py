@@ -7,7 +7,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pydantic import BaseModel, ConfigDict
 
 from billing.plan import PlanVersion
-from schemas.usage import Service
+from schemas.services import Service
 
 CENT = Decimal("0.01")
 

@@ -14,6 +14,7 @@ from metering.client import ApiError
 from metering.render import FORMATS
 from projections.months import parse_month
 from runtime.settings import Settings, SettingsError, load_settings
+from schemas.services import ServicesError
 from streams.kafka import TopicLayoutError
 
 T = TypeVar("T")
@@ -28,8 +29,8 @@ def cli_settings() -> Settings:
 
 def cli_plan(settings: Settings) -> Plan:
     try:
-        return load_plan(settings.plan_file or DEFAULT_PLAN)
-    except PlanError as exc:
+        return load_plan(settings.plan_file or DEFAULT_PLAN, settings.services_file)
+    except (PlanError, ServicesError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

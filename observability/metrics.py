@@ -19,9 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from projections.batch import BatchResult
 from projections.decode import REASONS
 from projections.events import CloseMarkerSeen, UsageRecorded
-from schemas.usage import Service
+from schemas.services import Service, default_catalog
 
-SERVICES = tuple(s.value for s in Service)
 # Every usage record ends in one: events produced = accepted + duplicate + dead-lettered, per
 # service; a moved record is counted again where its copy lands, as one of the others.
 OUTCOMES = ("accepted", "duplicate", "moved", "recopied")
@@ -55,8 +54,12 @@ def observe_many(histogram: Any, values: list[float]) -> None:
 class WorkerMetrics:
     """What the stream worker counts, fed from each folded batch."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, services: Sequence[Service] | None = None
+    ) -> None:
         self.registry = registry
+        # The services table's names (the plan's): each gets its series at zero from the start.
+        self.services = tuple(services) if services is not None else default_catalog().names
         self.received = Counter(
             "metering_events_received", "Records taken from the input topics.", ["topic"],
             registry=registry,
@@ -113,7 +116,7 @@ class WorkerMetrics:
             registry=registry,
         )  # fmt: skip
         # Every series a dashboard or rule reads exists from the start, at zero.
-        for service in SERVICES:
+        for service in self.services:
             for outcome in OUTCOMES:
                 self.events.labels(service, outcome)
             for level in LEVELS:
@@ -131,7 +134,7 @@ class WorkerMetrics:
         """Count a folded batch (the records taken are counted as they are taken, by topic)."""
         self.batch_size.observe(len(decoded))
         for (kind, outcome), count in result.outcomes.items():
-            if kind in SERVICES:
+            if kind in self.services:
                 self.events.labels(kind, outcome).inc(count)
         for letter in result.dead_letters:
             self.dead_letters.labels(letter.reason).inc()

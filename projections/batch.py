@@ -30,7 +30,7 @@ from projections.tenant import (
     stable_id,
 )
 from schemas.records import DeadLetter, InvoiceLine, MonthClosed, ThresholdCrossed
-from schemas.usage import Service
+from schemas.services import Service
 
 
 class StateView(Protocol):
@@ -91,10 +91,7 @@ class _Counting:
             trigger = triggers.at(self.state, event.month, event.service)
             running = self.running[key] = _Running(before, trigger)
         offset = event.position.offset
-        if event.service is Service.STORAGE:
-            running.value = max(running.value, event.amount)
-        else:
-            running.value += event.amount
+        running.value = triggers.plan.catalog[event.service].combine(running.value, event.amount)
         running.events += 1
         running.first = offset if running.first is None else min(running.first, offset)
         running.last = offset if running.last is None else max(running.last, offset)
@@ -183,13 +180,13 @@ class _Batch:
                 self.out.seen[key] = (event.position.partition, event.month, offset)
             return
         if claimed is not None and claimed != offset:
-            self.out.outcomes[(event.service.value, "duplicate")] += 1
+            self.out.outcomes[(event.service, "duplicate")] += 1
             return
         # Claimed by this very record: its dedupe entry was written before a kill, the
         # tenant's state was not. It has not been counted yet.
         self.out.seen[key] = (event.position.partition, event.month, offset)
         self.out.crossings.extend(counting.count(event, self.triggers))
-        self.out.outcomes[(event.service.value, "accepted")] += 1
+        self.out.outcomes[(event.service, "accepted")] += 1
 
     def copied_again(self, event: UsageRecorded) -> bool:
         """Whether this is a second copy of a record moved to its tenant's partition (the
@@ -200,7 +197,7 @@ class _Batch:
             return False
         claimed = self.claimed(copy_key)
         if claimed is not None and claimed != event.position.offset:
-            self.out.outcomes[(event.service.value, "recopied")] += 1
+            self.out.outcomes[(event.service, "recopied")] += 1
             return True
         if claimed is None:
             self.out.seen[copy_key] = (event.position.partition, event.month, event.position.offset)

@@ -30,15 +30,8 @@ from schemas.envelope import MAX_ATTRIBUTE_LENGTH, CloudEvent
 from schemas.licenses import LICENSES_CHANGED, TENANT_REGISTERED, LicensesChanged
 from schemas.licenses import TenantRegistered as TenantRegisteredData
 from schemas.records import CLOSE_REQUESTED, DeadLetter, MonthCloseRequested
+from schemas.services import ServiceSpec, payload_model
 from schemas.system_events import SYSTEM_EVENT_TYPES, SystemEventData
-from schemas.usage import (
-    MAX_BYTES,
-    MAX_QUANTITY,
-    USAGE_TYPES,
-    QuantityUsed,
-    Service,
-    StorageMeasured,
-)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -119,18 +112,15 @@ def _check_time(event: CloudEvent, month: str, log_time: dt.datetime, plan: Plan
         )
 
 
-def _usage(event: CloudEvent, service: Service, position: Position, plan: Plan) -> UsageRecorded:
+def _usage(event: CloudEvent, spec: ServiceSpec, position: Position, plan: Plan) -> UsageRecorded:
     month = month_of(event.time, plan.zone)
     if plan.version_for(month) is None:
         raise Rejected("no_plan", "time", f"no plan version is in force for {month}")
     _check_time(event, month, position.log_time, plan)
-    if service is Service.STORAGE:
-        amount = _data(StorageMeasured, event).bytes
-    else:
-        amount = _data(QuantityUsed, event).quantity
+    amount = getattr(_data(payload_model(spec), event), spec.field)
     return UsageRecorded(
         tenant=event.subject,
-        service=service,
+        service=spec.name,
         month=month,
         amount=amount,
         source=event.source,
@@ -179,12 +169,12 @@ def _plain_usage(obj: Any, position: Position, plan: Plan) -> UsageRecorded | No
     if type(obj) is not dict or obj.get("specversion") != "1.0":
         return None
     type_ = obj.get("type")
-    service = USAGE_TYPES.get(type_) if type(type_) is str else None
+    spec = plan.catalog.by_type.get(type_) if type(type_) is str else None
     id_, source, subject, time, data = (
         obj.get("id"), obj.get("source"), obj.get("subject"), obj.get("time"), obj.get("data"),
     )  # fmt: skip
     if (
-        service is None
+        spec is None
         or type(id_) is not str or len(id_) not in _NAME_LENGTH
         or type(source) is not str or len(source) not in _NAME_LENGTH
         or type(subject) is not str or len(subject) not in _NAME_LENGTH
@@ -192,8 +182,8 @@ def _plain_usage(obj: Any, position: Position, plan: Plan) -> UsageRecorded | No
         or type(data) is not dict or len(data) != 1
     ):  # fmt: skip
         return None
-    amount = data.get("bytes" if service is Service.STORAGE else "quantity")
-    low, high = (0, MAX_BYTES) if service is Service.STORAGE else (1, MAX_QUANTITY)
+    amount = data.get(spec.field)
+    low, high = spec.bounds
     if type(amount) is not int or not low <= amount <= high:
         return None
     try:
@@ -208,7 +198,7 @@ def _plain_usage(obj: Any, position: Position, plan: Plan) -> UsageRecorded | No
         return None
     return trusted(
         UsageRecorded,
-        tenant=subject, service=service, month=month, amount=amount, source=source, id=id_,
+        tenant=subject, service=spec.name, month=month, amount=amount, source=source, id=id_,
         time=at, position=position,
     )  # fmt: skip
 
@@ -243,9 +233,9 @@ def validated(
         event = parse_envelope(value, obj)
         if event.type == CLOSE_REQUESTED:
             return _close(event, position)
-        service = USAGE_TYPES.get(event.type)
-        if service is not None:
-            return _usage(event, service, position, plan)
+        spec = plan.catalog.by_type.get(event.type)
+        if spec is not None:
+            return _usage(event, spec, position, plan)
         if event.type in LICENCE_TYPES:
             return _licence(event, position)
         raise Rejected("unknown_type", "type", f"unknown event type {event.type!r}")
@@ -266,9 +256,9 @@ def admit(obj: Any, received: dt.datetime, plan: Plan) -> tuple[str, CloudEvent]
     except ValidationError as exc:
         raise _validation(exc) from None
     position = Position(topic="ingest", partition=0, offset=0, log_time=received)
-    service = USAGE_TYPES.get(event.type)
-    if service is not None:
-        _usage(event, service, position, plan)
+    spec = plan.catalog.by_type.get(event.type)
+    if spec is not None:
+        _usage(event, spec, position, plan)
         return "usage", event
     if event.type in LICENCE_TYPES:
         _licence(event, position)

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from schemas.usage import Service
+from schemas.services import Service
 
 M = TypeVar("M", bound=BaseModel)
 _set = object.__setattr__

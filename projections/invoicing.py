@@ -9,11 +9,11 @@ from billing.rating import Rating
 from projections.months import next_month
 from projections.tenant import ServiceMonth, TenantState, rate_month, stable_id
 from schemas.records import InvoiceLine, Provenance
-from schemas.usage import Service
+from schemas.services import Service
 
 
 def line_id(invoice_month: str, tenant: str, usage_month: str, service: Service, kind: str) -> str:
-    return stable_id("line", invoice_month, tenant, usage_month, service.value, kind)
+    return stable_id("line", invoice_month, tenant, usage_month, service, kind)
 
 
 def _line(
@@ -68,7 +68,7 @@ def close_month(
     for earlier in state.closed:
         for service in sorted(state.usage.get(earlier, {})):
             rating = rate_month(state, earlier, service, plan)
-            key = f"{earlier}/{service.value}"
+            key = f"{earlier}/{service}"
             before = billed.get(key, Decimal("0.00"))
             if rating.amount == before:
                 continue
@@ -104,8 +104,8 @@ def close_month(
                 close_id,
             )
         )
-        billed[f"{month}/{service.value}"] = rating.amount
-        billed_packages[f"{month}/{service.value}"] = rating.packages
+        billed[f"{month}/{service}"] = rating.amount
+        billed_packages[f"{month}/{service}"] = rating.packages
 
     new_state = state.model_copy(
         update={

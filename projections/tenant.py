@@ -14,10 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from billing.plan import Plan, PlanVersion
 from billing.rating import Rating, rate
+from billing.thresholds import reached_levels, warning_at
 from projections.events import LicenceSnapshotTaken, UsageRecorded
 from projections.months import month_start, next_month
 from schemas.records import ThresholdCrossed
-from schemas.usage import Service
+from schemas.services import Service
 
 ID_NAMESPACE = uuid.UUID("6f1c7a52-3a8e-4c55-9d1e-2b9a6c0f4e11")
 
@@ -89,24 +90,6 @@ def rate_month(state: TenantState, month: str, service: Service, plan: Plan) -> 
     return rate(service, usage, users, _version(plan, month))
 
 
-def warning_at(included: int) -> int:
-    """The least usage that reaches 85 % of included (and at least 1: no use, no warning)."""
-    return max(1, -(-included * 85 // 100))
-
-
-def reached_levels(rating: Rating) -> list[tuple[str, int | None]]:
-    """Levels the usage has reached: warning at 85 % of included, exceeded above it, packages."""
-    levels: list[tuple[str, int | None]] = []
-    if rating.usage >= warning_at(rating.included):
-        levels.append(("warning", None))
-    if rating.usage > rating.included:
-        levels.append(("exceeded", None))
-        if rating.packages >= 2:
-            # Only the highest package is announced: one event can start many packages at once.
-            levels.append(("package", rating.packages))
-    return levels
-
-
 def next_crossing_at(state: TenantState, month: str, service: Service, plan: Plan) -> int:
     """The least usage of the service-month at which `reached_levels` holds a level that is
     not crossed yet. Below it, counting more usage decides nothing, so a batch can count
@@ -154,7 +137,7 @@ class Triggers:
 
 
 def crossing_id(tenant: str, service: Service, month: str, level: str, n: int | None) -> str:
-    return stable_id("crossing", tenant, service.value, month, level, str(n or ""))
+    return stable_id("crossing", tenant, service, month, level, str(n or ""))
 
 
 def _crossings(
@@ -194,11 +177,7 @@ def apply_usage(
     services = dict(months.get(event.month, {}))
     before = services.get(event.service, ServiceMonth())
     offset = event.position.offset
-    value = (
-        max(before.value, event.amount)
-        if event.service is Service.STORAGE
-        else before.value + event.amount
-    )
+    value = plan.catalog[event.service].combine(before.value, event.amount)
     services[event.service] = ServiceMonth(
         value=value,
         events=before.events + 1,

@@ -86,8 +86,7 @@ def usage(cur: duckdb.DuckDBPyConnection, tenant: str, month: str) -> list[dict[
                        AND c.service = u.service) AS crossings,
                u.month IN (SELECT month FROM month_closes) AS closed
         FROM ({recomputed}) u WHERE u.month = $month
-        ORDER BY list_position(['storage', 'mailing', 'customer_center', 'chat', 'form'],
-                               u.service)
+        ORDER BY (SELECT s.display_order FROM services s WHERE s.service = u.service)
         """,  # noqa: S608 - our own SQL; values are bound
         {"tenant": tenant, "month": month},
     )

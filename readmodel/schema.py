@@ -6,15 +6,16 @@ with the plan, so that what finance sees and what `audit` recomputes is one piec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 
 import duckdb
 
 from billing.plan import Plan
-from schemas.usage import USAGE_TYPES
+from schemas.services import Catalog, ServiceSpec
 
-# Column widths: the largest values that valid events can lead to (schemas/usage.py bounds an
-# event to MAX_QUANTITY = 10^9 and MAX_BYTES = 10^15). A partition takes well under 10^6
+# Column widths: the largest values that valid events can lead to (schemas/services.py bounds an
+# event to MAX_QUANTITY = 10^9 and MAX_PEAK = 10^15). A partition takes well under 10^6
 # records per second and a month has at most 2.68 * 10^6 seconds, so fewer than 2.7 * 10^12
 # records; we allow E = 10^13 events per partition and month (all of its tenants together).
 # - usage (base units): a sum, <= E * 10^9 = 10^22; storage is a peak, <= 10^15. HUGEINT
@@ -64,6 +65,10 @@ CREATE TABLE IF NOT EXISTS plan_rates (
     max_users BIGINT, included HUGEINT NOT NULL, package HUGEINT NOT NULL,
     price DECIMAL(18, 4) NOT NULL, unit VARCHAR NOT NULL, unit_size BIGINT NOT NULL,
     unit_factor DECIMAL(38, 18) NOT NULL);
+CREATE TABLE IF NOT EXISTS services (
+    service VARCHAR PRIMARY KEY, event_type VARCHAR NOT NULL, aggregation VARCHAR NOT NULL,
+    field VARCHAR NOT NULL, unit VARCHAR NOT NULL, unit_size BIGINT NOT NULL,
+    display_order INTEGER NOT NULL, label_en VARCHAR NOT NULL, label_nl VARCHAR NOT NULL);
 CREATE TABLE IF NOT EXISTS set_aside (
     topic VARCHAR NOT NULL, "partition" INTEGER NOT NULL, "offset" BIGINT NOT NULL,
     "table" VARCHAR NOT NULL, reason VARCHAR NOT NULL, detail VARCHAR, payload VARCHAR,
@@ -118,9 +123,18 @@ FROM objects
 """
 
 
-def _service_case(column: str) -> str:
-    whens = " ".join(f"WHEN '{t}' THEN '{s.value}'" for t, s in USAGE_TYPES.items())
+# The services table's facts as SQL: which type is which service, which data field carries
+# its amount (a sum's may be left out and counts 1), and whether a month is its peak. The
+# table holds names, types and fields to plain identifiers (schemas/services.py), so they are
+# safe to splice.
+def _case(column: str, catalog: Catalog, value: Callable[[ServiceSpec], str]) -> str:
+    whens = " ".join(f"WHEN '{s.event_type}' THEN {value(s)}" for s in catalog.services)
     return f"CASE {column} {whens} END"
+
+
+def _amount(spec: ServiceSpec) -> str:
+    read = f"TRY_CAST(r.data->>'$.{spec.field}' AS HUGEINT)"
+    return read if spec.peak else f"COALESCE({read}, 1)"
 
 
 NO_CUTOFF = 'SELECT NULL::INTEGER AS "partition", NULL::BIGINT AS before WHERE false'
@@ -143,7 +157,7 @@ WITH upto AS ({upto}), counted AS (
 ), sums AS (
     SELECT tenant, month, service, count(*) AS events, min("offset") AS first_offset,
            max("offset") AS last_offset,
-           CASE WHEN service = 'storage' THEN max(amount) ELSE sum(amount) END AS usage
+           CASE WHEN bool_or(peak) THEN max(amount) ELSE sum(amount) END AS usage
     FROM counted GROUP BY tenant, month, service
 ), grid AS (
     -- every service of every tenant-month with any usage, so a view row exists for each
@@ -193,9 +207,9 @@ SELECT tenant, month, service, (usage::DECIMAL(38, 0) * unit_factor)::DECIMAL(38
 FROM rated"""
 
 
-def views(usage_topic: str, tz: str, system_topic: str = "system-events") -> str:
+def views(usage_topic: str, tz: str, catalog: Catalog, system_topic: str = "system-events") -> str:
     """Views over the raw archive; `usage_topic` is where usage and forwarded licences live."""
-    usage_types = ", ".join(f"'{t}'" for t in USAGE_TYPES)
+    usage_types = ", ".join(f"'{s.event_type}'" for s in catalog.services)
     # Topic names are validated by Settings ([A-Za-z0-9._-]), time zones by ZoneInfo.
     return f"""
 CREATE OR REPLACE VIEW rejected AS
@@ -224,11 +238,10 @@ WHERE r.topic = '{usage_topic}'
 
 CREATE OR REPLACE VIEW usage_events AS
 SELECT r."partition", r."offset", r.log_time, r.subject AS tenant, r.source, r.id, r.time,
-       {_service_case("r.type")} AS service,
+       {_case("r.type", catalog, lambda s: f"'{s.name}'")} AS service,
        strftime(timezone('{tz}', r.time), '%Y-%m') AS month,
-       CASE WHEN r.type = 'metering.storage.measured'
-            THEN TRY_CAST(r.data->>'$.bytes' AS HUGEINT)
-            ELSE COALESCE(TRY_CAST(r.data->>'$.quantity' AS HUGEINT), 1) END AS amount
+       {_case("r.type", catalog, _amount)} AS amount,
+       {_case("r.type", catalog, lambda s: str(s.peak).lower())} AS peak
 FROM folded_log r
 WHERE r.type IN ({usage_types});
 
@@ -311,6 +324,15 @@ FROM state;
 def load_plan_tables(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
     con.execute("DELETE FROM plan_versions")
     con.execute("DELETE FROM plan_rates")
+    con.execute("DELETE FROM services")
+    for spec in plan.catalog.services:
+        con.execute(
+            "INSERT INTO services VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                spec.name, spec.event_type, spec.aggregation, spec.field, spec.unit.en,
+                spec.unit_size, spec.order, spec.label.en, spec.label.nl,
+            ],
+        )  # fmt: skip
     for version in plan.versions:
         con.execute(
             "INSERT INTO plan_versions VALUES (?, ?, ?, ?)",
@@ -323,7 +345,7 @@ def load_plan_tables(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
                     "INSERT INTO plan_rates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         version.version,
-                        service.value,
+                        service,
                         band,
                         bound,
                         included * rate.unit_size,
@@ -342,5 +364,5 @@ def create(con: duckdb.DuckDBPyConnection, plan: Plan, usage_topic: str, system_
     con.execute(TABLES)
     widen(con)
     load_plan_tables(con, plan)
-    con.execute(views(usage_topic, plan.versions[0].billing_timezone, system_topic))
+    con.execute(views(usage_topic, plan.versions[0].billing_timezone, plan.catalog, system_topic))
     con.execute("COMMIT")

@@ -16,13 +16,11 @@ from schemas.records import (
     MonthCloseRequested,
     ThresholdCrossed,
 )
+from schemas.services import default_catalog, payload_model
 from schemas.system_events import SystemEventData
-from schemas.usage import QuantityUsed, StorageMeasured
 
 MODELS: dict[str, type[BaseModel]] = {
     "cloudevent": CloudEvent,
-    "usage.storage": StorageMeasured,
-    "usage.quantity": QuantityUsed,
     "licensing.tenant_registered": TenantRegistered,
     "licensing.licenses_changed": LicensesChanged,
     "system.event": SystemEventData,
@@ -36,19 +34,30 @@ MODELS: dict[str, type[BaseModel]] = {
 SCHEMA_DIR = Path(__file__).parent / "jsonschema"
 
 
+def models() -> dict[str, type[BaseModel]]:
+    """Every contract model by file name: the fixed ones, and the `data` of each service of
+    the packaged services table (`usage.<service>`)."""
+    usage = {f"usage.{s.name}": payload_model(s) for s in default_catalog().services}
+    return {**MODELS, **usage}
+
+
 def render() -> dict[str, str]:
     """File name -> JSON text, exactly as committed."""
     return {
         f"{name}.json": json.dumps(model.model_json_schema(mode="serialization"), indent=2) + "\n"
-        for name, model in MODELS.items()
+        for name, model in models().items()
     }
 
 
 def main() -> None:
     SCHEMA_DIR.mkdir(exist_ok=True)
-    for name, text in render().items():
+    rendered = render()
+    for stale in SCHEMA_DIR.glob("*.json"):
+        if stale.name not in rendered:
+            stale.unlink()
+    for name, text in rendered.items():
         (SCHEMA_DIR / name).write_text(text)
-    print(f"wrote {len(MODELS)} schemas to {SCHEMA_DIR}")
+    print(f"wrote {len(rendered)} schemas to {SCHEMA_DIR}")
 
 
 if __name__ == "__main__":

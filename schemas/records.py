@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from schemas.usage import Service
+from schemas.services import Service
 
 Month = str  # "YYYY-MM"
 MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"

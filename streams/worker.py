@@ -41,6 +41,7 @@ from schemas.records import DeadLetter
 from streams import routing
 from streams.commands import request_close
 from streams.kafka import new_producer, partitions_of, require_started
+from streams.logs import quiet_coordinator_startup
 from streams.outputs import Outputs, load_emitted
 from streams.routing import Route
 from streams.seen import SeenIndex, index_path
@@ -68,7 +69,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
         self.settings = settings
         self.plan = plan
         self.topics = settings.topics
-        self.metrics = WorkerMetrics(CollectorRegistry())
+        self.metrics = WorkerMetrics(CollectorRegistry(), plan.catalog.names)
         self._index: SeenIndex | None = None  # built by run(): it is a file
         self._store: Store | None = None
         self.barrier_origins: frozenset[str] = frozenset()  # known once the topics are
@@ -213,7 +214,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
                 here.append(item)
             if where is Route.MOVE and not isinstance(item, DeadLetter | CloseMarkerSeen):
                 await self.copy(record, routing.home(item.tenant, self.partitions))
-                kind = item.service.value if isinstance(item, UsageRecorded) else "licence"
+                kind = item.service if isinstance(item, UsageRecorded) else "licence"
                 moved[(kind, "moved")] += 1
             elif where in (Route.SPREAD, Route.FOLD_AND_SPREAD):
                 for partition in range(self.partitions):
@@ -354,4 +355,5 @@ def run_worker(settings: Settings, plan: Plan) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="[%(asctime)s] [%(levelname)s] %(message)s"
     )
+    quiet_coordinator_startup()  # a fresh broker's "coordinator not available" is no error
     asyncio.run(Worker(settings, plan).run())

@@ -11,17 +11,17 @@ from cloudevents.core.v1.event import CloudEvent
 
 from api.auth import key_hash
 from projections.events import LicenceSnapshotTaken, Position, UsageRecorded
-from schemas.usage import Service
+from schemas.services import Service
 
 UTC = dt.UTC
 _offsets = itertools.count()
 
 TYPE_OF = {
-    Service.STORAGE: "metering.storage.measured",
-    Service.MAILING: "metering.mailing.sent",
-    Service.CUSTOMER_CENTER: "metering.customer_center.login",
-    Service.CHAT: "metering.chat.started",
-    Service.FORM: "metering.form.submitted",
+    "storage": "metering.storage.measured",
+    "mailing": "metering.mailing.sent",
+    "customer_center": "metering.customer_center.login",
+    "chat": "metering.chat.started",
+    "form": "metering.form.submitted",
 }
 
 

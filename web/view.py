@@ -16,10 +16,7 @@ from babel.dates import format_date, format_datetime
 from babel.numbers import format_currency, format_decimal
 
 from billing.plan import Plan
-from schemas.usage import Service
 from web.i18n import Language, label, unit_label
-
-SERVICES: Final = tuple(service.value for service in Service)
 
 WIDTH: Final = 420
 HEIGHT: Final = 190
@@ -152,12 +149,12 @@ def chart(
     packages_of = []
     for month in months:
         version = plan.version_for(month)
-        rate = version.services.get(Service(service)) if version else None
+        rate = version.services.get(service) if version else None
         packages_of.append(Decimal(rate.package) if rate else None)
     unit = next((str(rows[m]["unit"]) for m in months if m in rows), "")
     if not unit:
         version = plan.version_for(months[-1])
-        rate = version.services.get(Service(service)) if version else None
+        rate = version.services.get(service) if version else None
         unit = rate.unit if rate else ""
     unit = unit_label(unit, fmt.language)
     peak = max([v for v in usages + included if v is not None], default=Decimal(0))
@@ -235,12 +232,12 @@ class ServiceNow:
 def metered_services(
     months: list[str], history: list[dict[str, Any]], plan: Plan, fmt: Formats
 ) -> list[ServiceNow]:
-    by_service: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in SERVICES}
+    by_service: dict[str, dict[str, dict[str, Any]]] = {s: {} for s in plan.catalog.names}
     for row in history:
         by_service.setdefault(row["service"], {})[row["month"]] = row
     current = months[-1]
     services = []
-    for service in SERVICES:
+    for service in plan.catalog.names:
         rows = by_service[service]
         drawn = chart(service, months, rows, plan, fmt)
         now = rows.get(current)

@@ -21,7 +21,7 @@ import orjson
 
 from projections.tenant import TenantState
 from runtime.settings import Settings
-from schemas.usage import USAGE_TYPES
+from schemas.services import default_catalog
 from streams.kafka import read_all
 from streams.progress import wait_for_workers
 from tests.conftest import Stack
@@ -55,8 +55,8 @@ def make_corpus(stack: Stack, month: str, events: int = EVENTS) -> Corpus:
     identities: dict[str, set[tuple[str, str, str]]] = {}
     for line in generated.read_bytes().splitlines():
         event = orjson.loads(line)
-        if event["type"] in USAGE_TYPES:
-            service = USAGE_TYPES[event["type"]].value
+        if event["type"] in default_catalog().by_type:
+            service = default_catalog().by_type[event["type"]].name
             produced[service] += 1
             identities.setdefault(service, set()).add(
                 (event["subject"], event["source"], event["id"])
@@ -110,7 +110,7 @@ def worker_state(stack: Stack) -> dict[str, Any]:
     for key, value in sorted(latest.items()):
         if value is not None:
             state = TenantState.model_validate_json(value)
-            usage = {m: {s.value: u.value for s, u in by.items()} for m, by in state.usage.items()}
+            usage = {m: {s: u.value for s, u in by.items()} for m, by in state.usage.items()}
             states[key.decode()] = {
                 "usage": usage,
                 "crossings": sorted(state.crossings),
@@ -160,8 +160,8 @@ def accounting(stack: Stack, corpus: Corpus, sends: int = 1) -> dict[str, dict[s
         stack, "SELECT type, count(*) AS n FROM rejected GROUP BY ALL")}  # fmt: skip
     table = {}
     problems = []
-    for type_, service in USAGE_TYPES.items():
-        name = service.value
+    for type_, service in ((s.event_type, s.name) for s in default_catalog().services):
+        name = service
         produced = corpus.produced[name] * sends
         row = {
             "produced": produced,

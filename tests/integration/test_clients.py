@@ -41,7 +41,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from projections.months import month_of, next_month, previous_month
 from runtime.settings import Settings
-from schemas.usage import USAGE_TYPES
+from schemas.services import default_catalog
 from streams.progress import wait_for_workers
 from streams.routing import home
 from tests.conftest import Stack
@@ -294,7 +294,7 @@ def produced_and_distinct() -> tuple[Counter[str], Counter[str]]:
     produced: Counter[str] = Counter()
     identities: dict[str, set[tuple[str, str, str]]] = {}
     for event in ALL_USAGE:
-        service = USAGE_TYPES[event["type"]].value
+        service = default_catalog().by_type[event["type"]].name
         produced[service] += 1
         identities.setdefault(service, set()).add((event["subject"], event["source"], event["id"]))
     return produced, Counter({service: len(ids) for service, ids in identities.items()})

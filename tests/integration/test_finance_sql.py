@@ -32,7 +32,6 @@ from metering.generate import generate_month
 from readmodel.rows import Record
 from runtime.settings import ApiKey, Settings
 from schemas.records import DeadLetter, InvoiceLine, MonthClosed, Provenance, ThresholdCrossed
-from schemas.usage import Service
 from server.app import create_app
 from streams.projector import Projector
 
@@ -215,7 +214,7 @@ def records() -> list[Record]:
     for n, tenant in enumerate(("tenant-00001", "tenant-00002")):
         line = InvoiceLine(
             id=f"line-{n}", invoice_month=INVOICE_MONTH, usage_month=MONTH, tenant=tenant,
-            service=Service.FORM, kind="overage", usage=Decimal(2500), unit="submissions",
+            service="form", kind="overage", usage=Decimal(2500), unit="submissions",
             users=40, included=Decimal(1000), packages=2, unit_price=Decimal("32.40"),
             amount=Decimal("64.80"), currency="EUR", plan_version="2026",
             provenance=Provenance(events=25, partition=0, first_offset=0, last_offset=24,
@@ -223,7 +222,7 @@ def records() -> list[Record]:
         )  # fmt: skip
         found.append(Record("invoice-lines", 0, n, LOG_MS, tenant.encode(), line_bytes(line)))
     crossing = ThresholdCrossed(
-        id="c1", tenant="tenant-00001", service=Service.FORM, usage_month=MONTH, level="package",
+        id="c1", tenant="tenant-00001", service="form", usage_month=MONTH, level="package",
         package=2, usage=2000, included=1000, users=40, crossed_by="crm/1",
         crossed_at=dt.datetime(2026, 10, 9, tzinfo=dt.UTC),
     )  # fmt: skip

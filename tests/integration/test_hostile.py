@@ -21,7 +21,8 @@ from projections.events import Position
 from projections.months import month_of
 from runtime.settings import Settings
 from schemas.records import DeadLetter
-from schemas.usage import MAX_BYTES, MAX_QUANTITY
+from schemas.services import MAX_PEAK as MAX_BYTES
+from schemas.services import MAX_QUANTITY
 from streams.kafka import producer
 from tests.conftest import Stack
 from tests.faults.harness import sql

@@ -19,7 +19,8 @@ from projections.events import Position, UsageRecorded
 from readmodel.rows import Record
 from runtime.settings import Settings
 from schemas.records import InvoiceLine, MonthClosed, Provenance, ThresholdCrossed
-from schemas.usage import MAX_BYTES, MAX_QUANTITY, Service
+from schemas.services import MAX_PEAK as MAX_BYTES
+from schemas.services import MAX_QUANTITY, Service
 from streams.projector import Projector
 
 PLAN = load_plan()
@@ -85,7 +86,7 @@ def test_the_bound_itself_is_accepted_on_both_paths(obj: dict[str, object], amou
 
 def crossing(usage: int, package: int) -> ThresholdCrossed:
     return ThresholdCrossed(
-        id=f"c-{package}", tenant="t1", service=Service.CHAT, usage_month="2026-10",
+        id=f"c-{package}", tenant="t1", service="chat", usage_month="2026-10",
         level="package", package=package, usage=usage, included=1_500_000, users=0,
         crossed_by="crm/e1", crossed_at=LOG_TIME,
     )  # fmt: skip
@@ -94,7 +95,7 @@ def crossing(usage: int, package: int) -> ThresholdCrossed:
 def line(service: Service, usage: int, events: int) -> InvoiceLine:
     rating = rate(service, usage, 0, VERSION)
     return InvoiceLine(
-        id=f"l-{service.value}", invoice_month="2026-11", usage_month="2026-10", tenant="t1",
+        id=f"l-{service}", invoice_month="2026-11", usage_month="2026-10", tenant="t1",
         service=service, kind="overage", usage=rating.in_units(usage), unit=rating.unit,
         users=0, included=rating.in_units(rating.included), packages=rating.packages,
         unit_price=rating.unit_price, amount=rating.amount, currency="EUR",
@@ -123,8 +124,8 @@ def read(path: Path, sql: str) -> list[tuple[object, ...]]:
 
 def test_the_largest_usage_is_written_and_read_back_to_the_cent(tmp_path: Path) -> None:
     most = EVENTS_PER_MONTH * MAX_QUANTITY  # 10^22 chats in one month
-    chats, storage = line(Service.CHAT, most, EVENTS_PER_MONTH), line(Service.STORAGE, MAX_BYTES, 1)
-    one = line(Service.MAILING, MAX_QUANTITY, 1)  # a single event of the largest mailing
+    chats, storage = line("chat", most, EVENTS_PER_MONTH), line("storage", MAX_BYTES, 1)
+    one = line("mailing", MAX_QUANTITY, 1)  # a single event of the largest mailing
     # (10^22 - 1,500) / 1,000 rounded up: one package short of 10^19, beyond BIGINT
     assert chats.packages == 10**19 - 1
     assert chats.amount == Decimal("323999999999999999967.60")
@@ -157,7 +158,7 @@ def test_any_plan_within_its_columns_fits_the_amount_columns(tmp_path: Path) -> 
     price = Decimal("99999999999999.9999")
     with localcontext(prec=40):
         amount = (price * most).quantize(Decimal("0.01"))
-    extreme = line(Service.CHAT, most, EVENTS_PER_MONTH).model_copy(
+    extreme = line("chat", most, EVENTS_PER_MONTH).model_copy(
         update={"packages": most, "unit_price": price, "amount": amount}
     )
     closed = MonthClosed(id="m1", close_id="c1", month="2026-10", partition=0, tenants=1,

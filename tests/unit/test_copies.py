@@ -12,7 +12,6 @@ from billing.plan import load_plan
 from projections.batch import fold_batch
 from projections.events import Position, UsageRecorded
 from projections.memory import MemoryState
-from schemas.usage import Service
 from tests.factories import usage
 
 PLAN = load_plan()
@@ -38,11 +37,11 @@ def fold(state: MemoryState, *items: UsageRecorded) -> Counter[tuple[str, str]]:
 
 
 def chats(state: MemoryState) -> int:
-    return state.tenants["t1"].usage["2026-10"][Service.CHAT].value
+    return state.tenants["t1"].usage["2026-10"]["chat"].value
 
 
 def test_a_second_copy_of_a_moved_event_is_not_counted() -> None:
-    event = usage(Service.CHAT, 5, id="a")
+    event = usage("chat", 5, id="a")
     state = MemoryState()
     first = fold(state, placed(event, 0, ("usage-events/1", 9)))
     again = fold(state, placed(event, 1, ("usage-events/1", 9)))  # the mover was killed
@@ -52,7 +51,7 @@ def test_a_second_copy_of_a_moved_event_is_not_counted() -> None:
 
 
 def test_a_duplicate_sent_through_another_client_is_a_duplicate_once() -> None:
-    event = usage(Service.CHAT, 5, id="a")
+    event = usage("chat", 5, id="a")
     state = MemoryState()
     outcomes = fold(
         state,
@@ -68,7 +67,7 @@ def test_a_duplicate_sent_through_another_client_is_a_duplicate_once() -> None:
 
 
 def test_a_copy_folded_again_after_a_kill_counts_once() -> None:
-    event = usage(Service.CHAT, 5, id="a")
+    event = usage("chat", 5, id="a")
     state = MemoryState()
     copy = placed(event, 0, ("usage-events/1", 9))
     fold(state, copy)
@@ -94,7 +93,7 @@ def test_usage_is_the_sum_of_distinct_events_however_they_arrive(
     is charged each distinct event once, and every record has one outcome."""
     items = []
     for offset, (n, origin) in enumerate(deliveries):
-        event = usage(Service.CHAT, n + 1, id=str(n))
+        event = usage("chat", n + 1, id=str(n))
         where = None if origin is None else (origin, n)  # one original per (origin, id)
         items.append(placed(event, offset, where))
     state = MemoryState()

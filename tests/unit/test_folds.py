@@ -21,7 +21,7 @@ from projections.tenant import (
     apply_usage,
     users_in_month,
 )
-from schemas.usage import Service
+from schemas.services import Service, default_catalog
 from tests.factories import licence, usage
 
 PLAN = load_plan()
@@ -79,12 +79,12 @@ def close(month: str, close_id: str = "c1", partition: int = 0) -> list[CloseMar
 
 
 def values(state: MemoryState, tenant: str = "t1", month: str = "2026-10") -> dict[str, int]:
-    return {s.value: u.value for s, u in state.tenants[tenant].usage.get(month, {}).items()}
+    return {s: u.value for s, u in state.tenants[tenant].usage.get(month, {}).items()}
 
 
 events = st.lists(
     st.tuples(
-        st.sampled_from(list(Service)),
+        st.sampled_from(default_catalog().names),
         st.integers(min_value=1, max_value=10**6),
         st.sampled_from(["a", "b"]),  # source
         st.integers(min_value=0, max_value=30),  # id: collisions make duplicates
@@ -115,10 +115,10 @@ def test_usage_is_independent_of_order_and_duplicates(events: list, data: st.Dat
     assert values(first) == values(second) == values(third)
     expected: dict[str, int] = {}
     for service, amount in amount_of.values():
-        if service is Service.STORAGE:
+        if service == "storage":
             expected["storage"] = max(expected.get("storage", 0), amount)
         else:
-            expected[service.value] = expected.get(service.value, 0) + amount
+            expected[service] = expected.get(service, 0) + amount
     assert values(first) == expected
 
 
@@ -127,7 +127,7 @@ def test_usage_is_independent_of_order_and_duplicates(events: list, data: st.Dat
 mixed = st.lists(
     st.one_of(
         st.tuples(
-            st.sampled_from([Service.FORM, Service.CHAT, Service.STORAGE]),
+            st.sampled_from(["form", "chat", "storage"]),
             st.one_of(st.integers(1, 250), st.integers(1, 10**11)),
             st.integers(0, 60),  # id: collisions make duplicates
             st.integers(0, 1),  # tenant
@@ -195,9 +195,9 @@ def test_a_later_snapshot_that_lowers_the_band_moves_the_next_level_down() -> No
     log = logged(
         [
             licence(120, sep),
-            usage(Service.FORM, 500, id="a"),
+            usage("form", 500, id="a"),
             licence(10, sep + dt.timedelta(days=14)),
-            usage(Service.FORM, 400, id="b"),
+            usage("form", 400, id="b"),
         ],
         {},
     )
@@ -260,14 +260,12 @@ def test_a_worker_killed_mid_write_counts_every_record_once(
 
 
 def test_same_id_from_two_sources_counts_twice() -> None:
-    state, _ = run(
-        [usage(Service.CHAT, 5, source="a", id="1"), usage(Service.CHAT, 7, source="b", id="1")]
-    )
+    state, _ = run([usage("chat", 5, source="a", id="1"), usage("chat", 7, source="b", id="1")])
     assert values(state) == {"chat": 12}
 
 
 def test_storage_is_billed_on_its_peak() -> None:
-    state, _ = run([usage(Service.STORAGE, 180 * GB), usage(Service.STORAGE, 20 * GB, day=20)])
+    state, _ = run([usage("storage", 180 * GB), usage("storage", 20 * GB, day=20)])
     assert values(state) == {"storage": 180 * GB}
 
 
@@ -289,12 +287,12 @@ def test_users_in_month_counts_snapshot_in_force_at_start() -> None:
 
 def test_crossings_warning_exceeded_packages_once_each() -> None:
     batch = [
-        usage(Service.MAILING, 12_749),  # 84.99 %: nothing
-        usage(Service.MAILING, 1),  # 12,750 = 85 %: warning
-        usage(Service.MAILING, 2_250),  # 15,000 = included: nothing new
-        usage(Service.MAILING, 1),  # 15,001: exceeded (package 1 starts)
-        usage(Service.MAILING, 50_000),  # 65,001: package 2
-        usage(Service.MAILING, 10),
+        usage("mailing", 12_749),  # 84.99 %: nothing
+        usage("mailing", 1),  # 12,750 = 85 %: warning
+        usage("mailing", 2_250),  # 15,000 = included: nothing new
+        usage("mailing", 1),  # 15,001: exceeded (package 1 starts)
+        usage("mailing", 50_000),  # 65,001: package 2
+        usage("mailing", 10),
     ]
     _, outputs = run(batch[:3], batch[3:])
     assert [(c.level, c.package, c.usage) for c in outputs] == [
@@ -307,7 +305,7 @@ def test_crossings_warning_exceeded_packages_once_each() -> None:
 
 
 def test_one_event_can_reach_several_levels() -> None:
-    _, outputs = run([usage(Service.FORM, 3_500)])
+    _, outputs = run([usage("form", 3_500)])
     assert [(c.level, c.package) for c in outputs] == [
         ("warning", None),
         ("exceeded", None),
@@ -318,13 +316,13 @@ def test_one_event_can_reach_several_levels() -> None:
 def test_close_bills_packages_and_is_idempotent() -> None:
     batch = [
         licence(60, dt.datetime(2026, 9, 1, tzinfo=UTC)),  # band 2 for all of October
-        usage(Service.STORAGE, 151 * GB),  # 100 GB included, 51 over: 2 packages
-        usage(Service.CHAT, 1_999),  # 2,000 included: none
-        usage(Service.FORM, 2_001),  # 2,000 included: 1 package
+        usage("storage", 151 * GB),  # 100 GB included, 51 over: 2 packages
+        usage("chat", 1_999),  # 2,000 included: none
+        usage("form", 2_001),  # 2,000 included: 1 package
     ]
     state, outputs = run(batch, close("2026-10"), close("2026-10"), close("2026-10", "c2"))
     lines = [o for o in outputs if getattr(o, "kind", None)]
-    got = [(ln.service.value, ln.packages, ln.amount, ln.invoice_month, ln.users) for ln in lines]
+    got = [(ln.service, ln.packages, ln.amount, ln.invoice_month, ln.users) for ln in lines]
     assert got == [
         ("form", 1, Decimal("32.40"), "2026-11", 60),
         ("storage", 2, Decimal("64.80"), "2026-11", 60),
@@ -337,16 +335,16 @@ def test_close_bills_packages_and_is_idempotent() -> None:
 
 def test_close_waits_for_every_barrier_topic() -> None:
     markers = close("2026-10")
-    _, outputs = run([usage(Service.FORM, 2_001)], markers[:1])
+    _, outputs = run([usage("form", 2_001)], markers[:1])
     assert not [o for o in outputs if getattr(o, "kind", None)]
-    _, outputs = run([usage(Service.FORM, 2_001)], markers[:1], markers[1:])
+    _, outputs = run([usage("form", 2_001)], markers[:1], markers[1:])
     assert [o.amount for o in outputs if getattr(o, "kind", None)] == [Decimal("64.80")]
 
 
 def test_mid_month_seat_change_raises_the_band() -> None:
     batch = [
         licence(40, dt.datetime(2026, 9, 1, tzinfo=UTC)),
-        usage(Service.CUSTOMER_CENTER, 1_500),
+        usage("customer_center", 1_500),
         licence(55, dt.datetime(2026, 10, 20, tzinfo=UTC)),
         licence(45, dt.datetime(2026, 10, 25, tzinfo=UTC)),
     ]
@@ -356,8 +354,8 @@ def test_mid_month_seat_change_raises_the_band() -> None:
 
 
 def test_late_event_gives_adjustment_and_leaves_closed_lines_alone() -> None:
-    first = [usage(Service.FORM, 2_500)]
-    late = [usage(Service.FORM, 600, id="late")]  # 3,100 logins: 3 packages instead of 2
+    first = [usage("form", 2_500)]
+    late = [usage("form", 600, id="late")]  # 3,100 logins: 3 packages instead of 2
     _state, outputs = run(first, close("2026-10", "c1"), late, close("2026-11", "c2"))
     lines = [o for o in outputs if getattr(o, "kind", None)]
     got = [(ln.kind, ln.usage_month, ln.invoice_month, ln.packages, ln.amount) for ln in lines]
@@ -369,8 +367,8 @@ def test_late_event_gives_adjustment_and_leaves_closed_lines_alone() -> None:
 
 
 def test_tenant_first_seen_after_close_is_adjusted_not_forgotten() -> None:
-    late = [usage(Service.FORM, 1_001, tenant="newcomer")]
-    _, outputs = run([usage(Service.CHAT, 1)], close("2026-10"), late, close("2026-11", "c2"))
+    late = [usage("form", 1_001, tenant="newcomer")]
+    _, outputs = run([usage("chat", 1)], close("2026-10"), late, close("2026-11", "c2"))
     lines = [o for o in outputs if getattr(o, "kind", None)]
     assert [(ln.tenant, ln.kind, ln.usage_month, ln.amount) for ln in lines] == [
         ("newcomer", "adjustment", "2026-10", Decimal("32.40"))
@@ -381,7 +379,7 @@ def test_usage_going_down_gives_negative_adjustment() -> None:
     # A storage peak never goes down, but an older licence snapshot that arrives late can
     # raise the band of a closed month: the refund is an adjustment line.
     _state, outputs = run(
-        [usage(Service.FORM, 1_500)],
+        [usage("form", 1_500)],
         close("2026-10"),
         [licence(60, dt.datetime(2026, 10, 2, tzinfo=UTC))],
         close("2026-11", "c2"),

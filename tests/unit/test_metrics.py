@@ -16,7 +16,6 @@ from observability.figures import figures, windows
 from observability.metrics import LAG_BUCKETS, WorkerMetrics, observe_many
 from projections.batch import fold_batch
 from projections.memory import MemoryState
-from schemas.usage import Service
 from tests.factories import usage
 
 UTC = dt.UTC
@@ -88,9 +87,9 @@ def test_figures_totals_top_tenants_and_close_due() -> None:
 def test_worker_counts_a_batch_by_service_and_outcome() -> None:
     metrics = WorkerMetrics(CollectorRegistry())
     plan = load_plan()
-    first = usage(Service.FORM, 600, tenant="t1", id="e1")
-    second = usage(Service.FORM, 600, tenant="t1", id="e2")
-    again = usage(Service.FORM, 600, tenant="t1", id="e1")  # sent twice: a new log record
+    first = usage("form", 600, tenant="t1", id="e1")
+    second = usage("form", 600, tenant="t1", id="e2")
+    again = usage("form", 600, tenant="t1", id="e1")  # sent twice: a new log record
     events = [first, second, again]
     result = fold_batch(events, MemoryState(), plan, frozenset({"usage-events"}))
     now = dt.datetime(2026, 11, 2, tzinfo=UTC)

@@ -117,7 +117,7 @@ def line_view(line: InvoiceLine) -> Line:
         return str(int(value)) if value == value.to_integral() else str(value)
 
     return (
-        line.tenant, line.usage_month, line.service.value, line.kind, text(line.usage),
+        line.tenant, line.usage_month, line.service, line.kind, text(line.usage),
         line.users, text(line.included), line.packages, f"{line.unit_price:.2f}",
         f"{line.amount:.2f}",
     )  # fmt: skip

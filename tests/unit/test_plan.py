@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from billing.plan import DEFAULT_PLAN, PlanError, load_plan, parse_plan
-from schemas.usage import Service
 
 
 def test_default_plan_matches_design() -> None:
@@ -20,13 +19,13 @@ def test_default_plan_matches_design() -> None:
     version = plan.version_for("2026-10")
     assert version is not None
     assert version.currency == "EUR"
-    storage = version.services[Service.STORAGE]
+    storage = version.services["storage"]
     assert (storage.included, storage.package, storage.price) == (
         (50, 100, 200),
         50,
         Decimal("32.40"),
     )
-    mailing = version.services[Service.MAILING]
+    mailing = version.services["mailing"]
     assert (mailing.included, mailing.package) == ((15_000, 30_000, 60_000), 50_000)
 
 

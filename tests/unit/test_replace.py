@@ -21,7 +21,6 @@ from readmodel.rows import Record
 from readmodel.store import Closing
 from runtime.settings import Settings
 from schemas.records import ThresholdCrossed
-from schemas.usage import Service
 from streams.projector import Projector, table_of
 
 PLAN = load_plan()
@@ -30,7 +29,7 @@ TOPICS = SETTINGS.topics
 EXPECTED = expected_columns(PLAN, TOPICS.usage, TOPICS.system)
 ENDS = {TopicPartition(topic, p): 10 for topic in set(table_of(SETTINGS)) for p in range(2)}
 CROSSING = ThresholdCrossed(
-    id="c1", tenant="t1", service=Service.CHAT, usage_month="2026-10", level="package",
+    id="c1", tenant="t1", service="chat", usage_month="2026-10", level="package",
     package=2, usage=2000, included=1500, users=0, crossed_by="crm/1",
     crossed_at=dt.datetime(2026, 10, 10, tzinfo=dt.UTC),
 ).model_dump_json().encode()  # fmt: skip

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from projections.events import CloseMarkerSeen, Position, trusted
 from schemas.records import DeadLetter
-from schemas.usage import Service
 from streams import routing
 from streams.routing import Route
 from tests.factories import licence, usage
@@ -42,7 +41,7 @@ def test_each_kind_of_record_takes_its_route() -> None:
     tenant = "tenant-00001"
     home = routing.home(tenant, 8)
     away = (home + 1) % 8
-    event = usage(Service.CHAT, 1, tenant=tenant)
+    event = usage("chat", 1, tenant=tenant)
     marker = CloseMarkerSeen(close_id="c", month="2026-10", position=at(away))
     letter = DeadLetter(
         id="x", topic="usage-events", partition=away, offset=1, reason="bad_json", field=None,

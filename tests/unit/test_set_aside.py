@@ -19,7 +19,6 @@ from readmodel import schema
 from readmodel.rows import Record
 from runtime.settings import Settings
 from schemas.records import DeadLetter, MonthClosed, ThresholdCrossed
-from schemas.usage import Service
 from server.app import create_app
 from server.run import run_projector
 from streams.projector import Projector
@@ -31,7 +30,7 @@ AT = dt.datetime(2026, 10, 10, 12, tzinfo=dt.UTC)
 
 def crossing(n: int, package: int) -> bytes:
     return ThresholdCrossed(
-        id=f"c{n}", tenant="t1", service=Service.CHAT, usage_month="2026-10", level="package",
+        id=f"c{n}", tenant="t1", service="chat", usage_month="2026-10", level="package",
         package=package, usage=package * 1000, included=1500, users=0, crossed_by=f"crm/{n}",
         crossed_at=AT,
     ).model_dump_json().encode()  # fmt: skip
