@@ -140,6 +140,20 @@ def _amount(spec: ServiceSpec) -> str:
 NO_CUTOFF = 'SELECT NULL::INTEGER AS "partition", NULL::BIGINT AS before WHERE false'
 
 
+# The rated rows as the views show them, in billing units and exact decimals.
+# DuckDB divides decimals into DOUBLE; multiplying by the exact 1/unit_size keeps DECIMAL.
+_PRICED = """
+SELECT tenant, month, service, (usage::DECIMAL(38, 0) * unit_factor)::DECIMAL(38, 9) AS usage,
+       unit, users, band, (included::DECIMAL(38, 0) * unit_factor)::DECIMAL(38, 9) AS included,
+       CASE WHEN included = 0 THEN NULL
+            ELSE ((usage * 1000 + included // 2) // included)::DECIMAL(38, 0) * 0.1 END
+         AS percent,
+       packages::HUGEINT AS packages, price AS unit_price,
+       round(packages::DECIMAL(38, 0) * price, 2)::DECIMAL(38, 2) AS amount, currency,
+       plan_version, events, first_offset, last_offset
+FROM rated"""
+
+
 def monthly_usage(upto: str, tz: str, one_tenant: bool = False) -> str:
     """Usage, users, band, included, packages and amount per tenant, month and service, from
     the accepted, deduplicated usage events; `upto` selects `(partition, before)`: only
@@ -195,22 +209,22 @@ WITH upto AS ({upto}), counted AS (
      AND w.users <= COALESCE(r.max_users, 9223372036854775807)
     QUALIFY row_number() OVER (PARTITION BY w.tenant, w.month, w.service ORDER BY r.band) = 1
 )
--- DuckDB divides decimals into DOUBLE; multiplying by the exact 1/unit_size keeps DECIMAL.
-SELECT tenant, month, service, (usage::DECIMAL(38, 0) * unit_factor)::DECIMAL(38, 9) AS usage,
-       unit, users, band, (included::DECIMAL(38, 0) * unit_factor)::DECIMAL(38, 9) AS included,
-       CASE WHEN included = 0 THEN NULL
-            ELSE ((usage * 1000 + included // 2) // included)::DECIMAL(38, 0) * 0.1 END
-         AS percent,
-       packages::HUGEINT AS packages, price AS unit_price,
-       round(packages::DECIMAL(38, 0) * price, 2)::DECIMAL(38, 2) AS amount, currency,
-       plan_version, events, first_offset, last_offset
-FROM rated"""
+{_PRICED}"""
 
 
 def views(usage_topic: str, tz: str, catalog: Catalog, system_topic: str = "system-events") -> str:
-    """Views over the raw archive; `usage_topic` is where usage and forwarded licences live."""
+    """Views over the raw archive; `usage_topic` is where usage and forwarded licences live.
+    Topic names are validated by Settings ([A-Za-z0-9._-]), time zones by ZoneInfo, and the
+    services table's names, types and fields by schemas/services.py."""
+    return (
+        _usage_views(usage_topic, tz, catalog)
+        + _licence_views(usage_topic)
+        + _system_views(system_topic)
+    )
+
+
+def _usage_views(usage_topic: str, tz: str, catalog: Catalog) -> str:
     usage_types = ", ".join(f"'{s.event_type}'" for s in catalog.services)
-    # Topic names are validated by Settings ([A-Za-z0-9._-]), time zones by ZoneInfo.
     return f"""
 CREATE OR REPLACE VIEW rejected AS
 SELECT r.*, d.reason, d.field, d.detail
@@ -253,7 +267,11 @@ WHERE r.type = 'licensing.licenses.changed';
 
 CREATE OR REPLACE VIEW usage_monthly AS
 {monthly_usage(NO_CUTOFF, tz)};
+"""
 
+
+def _licence_views(usage_topic: str) -> str:
+    return f"""
 CREATE OR REPLACE VIEW tenants AS
 SELECT subject AS tenant, arg_max(data->>'$.company', time) AS company,
        arg_max(data->>'$.serial_number', time) AS serial_number,
@@ -267,7 +285,11 @@ SELECT subject AS tenant, time, TRY_CAST(data->>'$.users' AS BIGINT) AS users,
        data->>'$.grace_to' AS grace_to, "partition", "offset"
 FROM raw_events WHERE type = 'licensing.licenses.changed' AND forwarded_from IS NULL
   AND topic <> '{usage_topic}';
+"""
 
+
+def _system_views(system_topic: str) -> str:
+    return f"""
 CREATE OR REPLACE VIEW system_events AS
 SELECT subject AS tenant, type, time, data->>'$.key' AS key, data->>'$.scope' AS scope,
        data->>'$.owner' AS owner, data->>'$.status' AS status, data->>'$.message' AS message,
