@@ -234,30 +234,60 @@ def stop_process(pid: int, timeout: float = 30.0) -> None:
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
+        reap(pid)
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            finished, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            finished = 0 if is_alive(pid) else pid
-        if finished == pid or not is_alive(pid):
+        if reap(pid):
             return
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
+    # SIGKILL cannot be ignored: a child of ours ends at once, and is waited for here, or it
+    # would stay a zombie for as long as we run (and for good once we exit, under an init
+    # that does not reap what it adopts). Bounded: a process in an uninterruptible sleep dies
+    # only once that ends.
+    deadline = time.monotonic() + 5
+    while not reap(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def reap(pid: int) -> bool:
+    """Whether `pid` is gone. A child of ours is gone once we have waited for it, which this
+    does if it exited (else it stays a zombie, whose pid only its parent can release); any
+    other process once it no longer runs (its own parent waits for it)."""
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not a child of ours, or one already waited for
+        return not is_alive(pid)
+    return finished == pid
 
 
 def is_alive(pid: int) -> bool:
+    """Whether `pid` runs. A zombie (exited, not yet waited for by its parent) still answers
+    kill(pid, 0), and is not running: nothing is left of it to stop."""
+    if pid <= 0:  # kill() would signal a whole group (0, -n) or every process (-1)
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    # A zombie still answers kill(0); it is gone for our purposes.
-    with contextlib.suppress(OSError):
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-        return state != "Z"
-    return True
+    except PermissionError:
+        pass  # another user's process: it exists
+    return process_state(pid) not in {"Z", "X"}
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of /proc/<pid>/stat (R, S, D, Z, ...); None without one (not Linux).
+
+    The field before it is the process name in parentheses, which may itself hold spaces and
+    parentheses: the state is the first field after the last ')'."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return fields[0] if fields else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,13 @@ class StackError(RuntimeError):
     pass
 
 
+# The stacks `start_detached` started from this process, by pid. Only a parent can wait for
+# a child, and a child not waited for stays a zombie once stopped. `metering up --detach`
+# exits at once and leaves its stack to init; a process that starts a stack and later stops
+# it itself (a test, a benchmark) is its parent, and `stop_stack` waits for it there.
+_detached: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def read_record(settings: Settings) -> dict[str, Any] | None:
     try:
         record: dict[str, Any] = json.loads(settings.stack_file.read_text())
@@ -137,13 +144,30 @@ def run_stack(settings: Settings, on_ready: Any = None, timeout: float = 180.0) 
                     raise StackError(f"the {name} exited with {process.returncode}; see {name}.log")
             time.sleep(0.2)
     finally:
-        for child in (worker, projector):
-            if child is not None:
-                stop_process(child.pid, timeout=30)
-        if broker is not None:
-            broker.stop()
-        with contextlib.suppress(FileNotFoundError):
-            settings.stack_file.unlink()
+        _stop_started(settings, broker, worker, projector)
+
+
+def _stop_started(
+    settings: Settings, broker: Broker | None, *children: subprocess.Popen[bytes] | None
+) -> None:
+    """Stop what `run_stack` started, and wait for each: a child it leaves unwaited stays a
+    zombie, adopted by init when `metering up` exits (and for good under an init that does
+    not reap, as in many containers)."""
+    for child in children:
+        if child is not None:
+            stop_process(child.pid, timeout=30)
+            _wait(child)
+    if broker is not None:
+        broker.stop()
+    with contextlib.suppress(FileNotFoundError):
+        settings.stack_file.unlink()
+
+
+def _wait(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """Wait for a stopped child, so that it leaves no zombie (`stop_process` has usually
+    waited for it already; `Popen` then still learns that it ended)."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout)
 
 
 def start_detached(settings: Settings, timeout: float = 240.0) -> dict[str, Any]:
@@ -166,12 +190,15 @@ def start_detached(settings: Settings, timeout: float = 240.0) -> dict[str, Any]
     while time.monotonic() < deadline:
         record = read_record(settings)
         if record is not None and record.get("ready") and record.get("pid") == process.pid:
+            # Ours to wait for once it is stopped: `stop_stack` in this process does.
+            _detached[process.pid] = process
             return record
         if process.poll() is not None:
             tail = (settings.data_dir / "stack.log").read_text()[-2000:]
             raise StackError(f"`metering up` exited with {process.returncode}:\n{tail}")
         time.sleep(0.2)
     stop_process(process.pid)
+    _wait(process)
     raise StackError(f"the stack was not ready within {timeout:.0f}s; see stack.log")
 
 
@@ -183,6 +210,9 @@ def stop_stack(settings: Settings, timeout: float = 60.0) -> bool:
         return False
     pids = [record.get(k) for k in ("pid", "worker_pid", "projector_pid", "broker_pid")]
     stop_process(int(record["pid"]), timeout)
+    started_here = _detached.pop(int(record["pid"]), None)
+    if started_here is not None:
+        _wait(started_here)
     for pid in pids:  # whatever a killed supervisor could not stop itself
         if pid and is_alive(int(pid)):
             stop_process(int(pid), timeout=10)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,9 +112,15 @@ def test_up_send_close_invoice_down(tmp_path: Path) -> None:
         again = metering("invoice", next_month(month), "--format", "csv", env=env)
         assert again.stdout == invoice.stdout
     finally:
+        started = time.monotonic()
         down = metering("down", env=env)
     assert down.returncode == 0
     assert "stopped" in down.stdout
+    assert time.monotonic() - started < 30  # no waiting out a stop timeout (60 s)
     for key in ("pid", "worker_pid", "projector_pid", "broker_pid"):
         assert not is_alive(int(record[key])), f"{key} still running after down"
+    # `metering up` waited for what it started: not even a zombie is left of them. (Only init
+    # can wait for `metering up` itself, which `up --detach` left to it.)
+    for key in ("worker_pid", "projector_pid", "broker_pid"):
+        assert not Path(f"/proc/{record[key]}").exists(), f"{key} left a zombie"
     assert not (tmp_path / "data" / "stack.json").exists()
