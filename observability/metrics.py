@@ -16,6 +16,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from billing.thresholds import LEVELS
 from projections.batch import BatchResult
 from projections.decode import REASONS
 from projections.events import CloseMarkerSeen, UsageRecorded
@@ -24,7 +25,6 @@ from schemas.services import Service, default_catalog
 # Every usage record ends in one: events produced = accepted + duplicate + dead-lettered, per
 # service; a moved record is counted again where its copy lands, as one of the others.
 OUTCOMES = ("accepted", "duplicate", "moved", "recopied")
-LEVELS = ("warning", "exceeded", "package")
 # Seconds from an event to the state that counts it: sub-second when live, hours on a backfill.
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400, float("inf"))
 BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000, float("inf"))
@@ -60,6 +60,15 @@ class WorkerMetrics:
         self.registry = registry
         # The services table's names (the plan's): each gets its series at zero from the start.
         self.services = tuple(services) if services is not None else default_catalog().names
+        # In this order: the exposition lists the metrics as they were made.
+        self._add_record_metrics(registry)
+        self._add_batch_metrics(registry)
+        self._add_output_metrics(registry)
+        self._add_health_metrics(registry)
+        self._zero_series()
+
+    def _add_record_metrics(self, registry: CollectorRegistry) -> None:
+        """Records taken, usage records by outcome, dead letters."""
         self.received = Counter(
             "metering_events_received", "Records taken from the input topics.", ["topic"],
             registry=registry,
@@ -76,6 +85,9 @@ class WorkerMetrics:
             "metering_dead_letters", "Records sent to dead-letters, by reason.", ["reason"],
             registry=registry,
         )  # fmt: skip
+
+    def _add_batch_metrics(self, registry: CollectorRegistry) -> None:
+        """How late the worker counts an event, and how large its batches are."""
         self.lag = Histogram(
             "metering_processing_lag_seconds",
             "From the event's own time (clock=event) or its log-append time (clock=log) to the "
@@ -88,6 +100,9 @@ class WorkerMetrics:
             "metering_batch_size", "Records per folded batch.", buckets=BATCH_BUCKETS,
             registry=registry,
         )  # fmt: skip
+
+    def _add_output_metrics(self, registry: CollectorRegistry) -> None:
+        """What the worker emits: crossings, invoice lines, month closes."""
         self.crossings = Counter(
             "metering_threshold_crossings", "Threshold crossings emitted.", ["service", "level"],
             registry=registry,
@@ -107,6 +122,9 @@ class WorkerMetrics:
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, float("inf")),
             registry=registry,
         )
+
+    def _add_health_metrics(self, registry: CollectorRegistry) -> None:
+        """Rebalances and errors."""
         self.rebalances = Counter(
             "metering_rebalances", "Consumer group rebalances this worker took part in.",
             registry=registry,
@@ -115,7 +133,9 @@ class WorkerMetrics:
             "metering_errors", "Errors that stopped an agent's batch.", ["component"],
             registry=registry,
         )  # fmt: skip
-        # Every series a dashboard or rule reads exists from the start, at zero.
+
+    def _zero_series(self) -> None:
+        """Every series a dashboard or rule reads exists from the start, at zero."""
         for service in self.services:
             for outcome in OUTCOMES:
                 self.events.labels(service, outcome)
@@ -171,6 +191,15 @@ class ReadModelMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        # In this order: the exposition lists the metrics as they were made.
+        self._add_projector_metrics(registry)
+        self._add_http_metrics(registry)
+        self._add_invoice_gauges(registry)
+        self._add_usage_gauges(registry)
+        self._add_month_gauges(registry)
+
+    def _add_projector_metrics(self, registry: CollectorRegistry) -> None:
+        """The projector's own progress: rows written and set aside, offsets, lag."""
         self.rows = Counter(
             "metering_projector_rows", "Rows the projector wrote, by table.", ["table"],
             registry=registry,
@@ -193,6 +222,9 @@ class ReadModelMetrics:
             ["consumer", "topic", "partition"],
             registry=registry,
         )
+
+    def _add_http_metrics(self, registry: CollectorRegistry) -> None:
+        """The API's requests and their times, by route template."""
         self.http = Counter(
             "metering_http_requests", "HTTP requests by route template, method and status.",
             ["route", "method", "status"], registry=registry,
@@ -201,6 +233,9 @@ class ReadModelMetrics:
             "metering_http_request_duration_seconds", "HTTP request time by route template.",
             ["route"], registry=registry,
         )  # fmt: skip
+
+    def _add_invoice_gauges(self, registry: CollectorRegistry) -> None:
+        """Invoice lines and totals in the read model."""
         self.invoice_lines = Gauge(
             "metering_invoice_lines", "Invoice lines in the read model by invoice month and kind.",
             ["invoice_month", "kind"], registry=registry,
@@ -211,6 +246,9 @@ class ReadModelMetrics:
             ["invoice_month", "currency"],
             registry=registry,
         )
+
+    def _add_usage_gauges(self, registry: CollectorRegistry) -> None:
+        """Usage, included amounts, crossings and the top tenants, by month and service."""
         self.crossings = Gauge(
             "metering_threshold_crossings_in_month",
             "Threshold crossings in the read model by usage month, service and level.",
@@ -235,6 +273,9 @@ class ReadModelMetrics:
             ["month", "service", "tenant"],
             registry=registry,
         )
+
+    def _add_month_gauges(self, registry: CollectorRegistry) -> None:
+        """Month closes: when the next is due, and how many there were."""
         self.close_due = Gauge(
             "metering_month_close_due_timestamp_seconds",
             "When the oldest ended but unclosed month with usage is due to be closed (its end "

@@ -63,8 +63,29 @@ def close_month(
     invoice_month = next_month(month)
     billed = dict(state.billed)
     billed_packages = dict(state.billed_packages)
-    lines: list[InvoiceLine] = []
+    lines = _adjustments(state, plan, invoice_month, close_id, billed, billed_packages)
+    lines += _overages(state, month, plan, invoice_month, close_id, billed, billed_packages)
+    new_state = state.model_copy(
+        update={
+            "closed": tuple(sorted((*state.closed, month))),
+            "billed": billed,
+            "billed_packages": billed_packages,
+        }
+    )
+    return new_state, lines
 
+
+def _adjustments(
+    state: TenantState,
+    plan: Plan,
+    invoice_month: str,
+    close_id: str,
+    billed: dict[str, Decimal],
+    billed_packages: dict[str, int],
+) -> list[InvoiceLine]:
+    """A line for every earlier closed month and service whose amount changed since it was
+    billed; `billed` and `billed_packages` (by "usage month/service") record the new one."""
+    lines: list[InvoiceLine] = []
     for earlier in state.closed:
         for service in sorted(state.usage.get(earlier, {})):
             rating = rate_month(state, earlier, service, plan)
@@ -87,7 +108,21 @@ def close_month(
             )
             billed[key] = rating.amount
             billed_packages[key] = rating.packages
+    return lines
 
+
+def _overages(
+    state: TenantState,
+    month: str,
+    plan: Plan,
+    invoice_month: str,
+    close_id: str,
+    billed: dict[str, Decimal],
+    billed_packages: dict[str, int],
+) -> list[InvoiceLine]:
+    """A line for every service used in `month` beyond what the plan includes; `billed` and
+    `billed_packages` record it."""
+    lines: list[InvoiceLine] = []
     for service in sorted(state.usage.get(month, {})):
         rating = rate_month(state, month, service, plan)
         if rating.packages == 0:
@@ -106,12 +141,4 @@ def close_month(
         )
         billed[f"{month}/{service}"] = rating.amount
         billed_packages[f"{month}/{service}"] = rating.packages
-
-    new_state = state.model_copy(
-        update={
-            "closed": tuple(sorted((*state.closed, month))),
-            "billed": billed,
-            "billed_packages": billed_packages,
-        }
-    )
-    return new_state, lines
+    return lines

@@ -16,7 +16,7 @@ from babel.dates import format_date, format_datetime
 from babel.numbers import format_currency, format_decimal
 
 from billing.plan import Plan
-from web.i18n import Language, label, unit_label
+from web.i18n import Language, label
 
 WIDTH: Final = 420
 HEIGHT: Final = 190
@@ -146,62 +146,20 @@ def chart(
     stepped lines (each month has its own included amount: it follows the users)."""
     usages = [_decimal(rows[m]["usage"]) if m in rows else None for m in months]
     included = [_decimal(rows[m]["included"]) if m in rows else None for m in months]
-    packages_of = []
-    for month in months:
-        version = plan.version_for(month)
-        rate = version.services.get(service) if version else None
-        packages_of.append(Decimal(rate.package) if rate else None)
-    unit = next((str(rows[m]["unit"]) for m in months if m in rows), "")
-    if not unit:
-        version = plan.version_for(months[-1])
-        rate = version.services.get(service) if version else None
-        unit = rate.unit if rate else ""
-    unit = unit_label(unit, fmt.language)
+    # The services table names the service and its unit in each language.
+    spec = plan.catalog[service]
+    unit = getattr(spec.unit, fmt.language)
     peak = max([v for v in usages + included if v is not None], default=Decimal(0))
-    top = peak * Decimal("1.15") if peak > 0 else Decimal(1)
-    plot_height = HEIGHT - TOP - BOTTOM
-    slot = (WIDTH - LEFT - RIGHT) / len(months)
-
-    def y(value: Decimal) -> float:
-        return TOP + plot_height * (1 - float(value / top))
-
-    bars = []
-    for index, month in enumerate(months):
-        usage = usages[index] or Decimal(0)
-        inc = included[index]
-        over = inc is not None and usage > inc
-        packages = int(rows[month]["packages"]) if month in rows else 0
-        title = f"{fmt.month(month, 'MMMM y')}: {fmt.number(usage)} {unit}"
-        if inc is not None:
-            title += f" ({label('included', fmt.language).lower()} {fmt.number(inc)} {unit})"
-        if over:
-            title += f", {label('over_threshold', fmt.language).lower()}: {packages}\u00d7"
-        top_y = y(usage)
-        bars.append(
-            Bar(
-                month=month,
-                label=fmt.month(month, "MMM"),
-                usage=usage,
-                included=inc,
-                packages=packages,
-                over=over,
-                x=LEFT + index * slot + slot * 0.2,
-                y=top_y,
-                width=slot * 0.6,
-                height=HEIGHT - BOTTOM - top_y,
-                title=title,
-            )
-        )
-    boundaries = []
-    for k in range(1, MAX_BOUNDARIES + 1):
-        levels: list[float | None] = []
-        for inc, package in zip(included, packages_of, strict=True):
-            edge = None if inc is None or package is None else inc + k * package
-            levels.append(y(edge) if edge is not None and edge <= top else None)
-        if all(level is None for level in levels):
-            break
-        boundaries.append(_step_path(levels, slot))
-    name = label(f"service_{service}", fmt.language)
+    scale = _Scale(
+        top=peak * Decimal("1.15") if peak > 0 else Decimal(1),
+        slot=(WIDTH - LEFT - RIGHT) / len(months),
+    )
+    bars = [
+        _bar(month, index, usages[index] or Decimal(0), included[index], rows, unit, scale, fmt)
+        for index, month in enumerate(months)
+    ]
+    name = getattr(spec.label, fmt.language)
+    top = scale.top
     return Chart(
         service=service,
         name=name,
@@ -210,10 +168,82 @@ def chart(
             service=name, first=fmt.month(months[0], "MMMM y"), last=fmt.month(months[-1], "MMMM y")
         ),
         bars=bars,
-        included_path=_step_path([None if v is None else y(v) for v in included], slot),
-        boundary_paths=boundaries,
+        included_path=_step_path([None if v is None else scale.y(v) for v in included], scale.slot),
+        boundary_paths=_boundaries(included, _packages(service, months, plan), scale),
         top_label=fmt.number(top.quantize(Decimal(1)) if top >= 10 else top.normalize()),
     )
+
+
+@dataclass(frozen=True)
+class _Scale:
+    """A chart's coordinates: the value at its top, and the width of each month's slot."""
+
+    top: Decimal
+    slot: float
+
+    def y(self, value: Decimal) -> float:
+        plot_height = HEIGHT - TOP - BOTTOM
+        return TOP + plot_height * (1 - float(value / self.top))
+
+
+def _packages(service: str, months: list[str], plan: Plan) -> list[Decimal | None]:
+    """Each month's package size for the service, as that month's plan version has it."""
+    packages_of = []
+    for month in months:
+        version = plan.version_for(month)
+        rate = version.services.get(service) if version else None
+        packages_of.append(Decimal(rate.package) if rate else None)
+    return packages_of
+
+
+def _bar(
+    month: str,
+    index: int,
+    usage: Decimal,
+    inc: Decimal | None,
+    rows: dict[str, dict[str, Any]],
+    unit: str,
+    scale: _Scale,
+    fmt: Formats,
+) -> Bar:
+    """One month's bar (the `index`th), its tooltip saying how far over its included amount."""
+    over = inc is not None and usage > inc
+    packages = int(rows[month]["packages"]) if month in rows else 0
+    title = f"{fmt.month(month, 'MMMM y')}: {fmt.number(usage)} {unit}"
+    if inc is not None:
+        title += f" ({label('included', fmt.language).lower()} {fmt.number(inc)} {unit})"
+    if over:
+        title += f", {label('over_threshold', fmt.language).lower()}: {packages}\u00d7"
+    top_y = scale.y(usage)
+    return Bar(
+        month=month,
+        label=fmt.month(month, "MMM"),
+        usage=usage,
+        included=inc,
+        packages=packages,
+        over=over,
+        x=LEFT + index * scale.slot + scale.slot * 0.2,
+        y=top_y,
+        width=scale.slot * 0.6,
+        height=HEIGHT - BOTTOM - top_y,
+        title=title,
+    )
+
+
+def _boundaries(
+    included: list[Decimal | None], packages_of: list[Decimal | None], scale: _Scale
+) -> list[str]:
+    """The stepped lines where each further package starts, as far as the chart reaches."""
+    boundaries = []
+    for k in range(1, MAX_BOUNDARIES + 1):
+        levels: list[float | None] = []
+        for inc, package in zip(included, packages_of, strict=True):
+            edge = None if inc is None or package is None else inc + k * package
+            levels.append(scale.y(edge) if edge is not None and edge <= scale.top else None)
+        if all(level is None for level in levels):
+            break
+        boundaries.append(_step_path(levels, scale.slot))
+    return boundaries
 
 
 @dataclass(frozen=True)
