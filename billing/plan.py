@@ -168,7 +168,10 @@ def _with_units(data: dict[str, Any], catalog: Catalog) -> tuple[dict[str, Any],
             continue
         filled = {}
         for name, rate in rates.items():
-            if isinstance(rate, dict) and name in catalog:
+            if name not in catalog:
+                problems.append(f"versions[{index}].services: {name} not in the services table")
+                continue
+            if isinstance(rate, dict):
                 for key in ("unit", "unit_size"):
                     if key in rate:
                         problems.append(

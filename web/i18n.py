@@ -64,20 +64,6 @@ LABELS: Final[dict[str, dict[Language, str]]] = {
         "en": "Above the threshold, usage is billed per package on your next monthly invoice. "
         "The more users, the higher the threshold.",
     },
-    "service_storage": {"nl": "Gebruikte opslagruimte", "en": "Storage used"},
-    "service_mailing": {"nl": "E-mails verzonden via mailings", "en": "E-mails sent via mailings"},
-    "service_customer_center": {
-        "nl": "Aanmeldingen bij het klantencentrum",
-        "en": "Customer centre logins",
-    },
-    "service_chat": {"nl": "Gestarte chatsessies", "en": "Chat sessions started"},
-    "service_form": {"nl": "Formulierverzendingen", "en": "Form submissions"},
-    # The plan's units (billing/plan.toml), as each language writes them.
-    "unit:GB": {"nl": "GB", "en": "GB"},
-    "unit:e-mails": {"nl": "e-mails", "en": "e-mails"},
-    "unit:logins": {"nl": "aanmeldingen", "en": "logins"},
-    "unit:chat sessions": {"nl": "chatsessies", "en": "chat sessions"},
-    "unit:form submissions": {"nl": "formulierverzendingen", "en": "form submissions"},
     "this_month": {"nl": "Deze maand", "en": "This month"},
     "of_included": {"nl": "van inbegrepen", "en": "of included"},
     "amount_so_far": {"nl": "Bedrag tot nu toe", "en": "Amount so far"},
@@ -126,12 +112,6 @@ def label(key: str, language: Language) -> str:
     """The label, or the key itself so that a missing one shows rather than breaks the page."""
     found = LABELS.get(key)
     return found[language] if found else key
-
-
-def unit_label(unit: str, language: Language) -> str:
-    """A unit of the plan in the language; a unit the labels do not know stays as written."""
-    found = LABELS.get(f"unit:{unit}")
-    return found[language] if found else unit
 
 
 def _accepted(header: str) -> list[tuple[float, int, str]]:

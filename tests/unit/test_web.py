@@ -23,7 +23,7 @@ from api.service import ReadModelService
 from billing.plan import load_plan
 from runtime.settings import ApiKey, Settings
 from server.app import create_app
-from web.i18n import LABELS, choose, label, unit_label
+from web.i18n import LABELS, choose, label
 from web.view import BOTTOM, HEIGHT, TOP, Formats, chart, messages, metered_services
 
 PLAN = load_plan()
@@ -128,11 +128,11 @@ def test_this_month_figures_per_service() -> None:
     assert form.usage == "1.700 formulierverzendingen"
 
 
-def test_every_unit_of_the_plan_has_a_dutch_label() -> None:
-    units = {rate.unit for v in PLAN.versions for rate in v.services.values()}
-    assert all(f"unit:{unit}" in LABELS for unit in units)
-    assert unit_label("chat sessions", "nl") == "chatsessies"
-    assert unit_label("parsecs", "nl") == "parsecs"  # unknown: shown as the plan writes it
+def test_services_are_named_in_both_languages_by_their_table_not_the_labels() -> None:
+    assert PLAN.catalog["chat"].unit.nl == "chatsessies"
+    assert PLAN.catalog["chat"].label.en == "Chat sessions started"
+    # The page's own labels no longer restate a service or its unit.
+    assert not [key for key in LABELS if key.startswith(("service_", "unit:"))]
 
 
 def test_system_messages_show_expected_completion_until_finished() -> None:
