@@ -2,12 +2,16 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md requirements.lock ./
+COPY runtime runtime
 COPY schemas schemas
 COPY billing billing
 COPY projections projections
+COPY observability observability
+COPY readmodel readmodel
 COPY streams streams
 COPY api api
 COPY web web
+COPY server server
 COPY observability observability
 COPY metering metering
 RUN pip install --no-cache-dir --require-hashes -r requirements.lock \
