@@ -12,7 +12,6 @@ COPY streams streams
 COPY api api
 COPY web web
 COPY server server
-COPY observability observability
 COPY metering metering
 RUN pip install --no-cache-dir --require-hashes -r requirements.lock \
     && pip install --no-cache-dir --no-deps --no-build-isolation . && useradd --system metering && mkdir /data && chown metering /data
