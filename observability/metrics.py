@@ -130,7 +130,7 @@ class WorkerMetrics:
             registry=registry,
         )  # fmt: skip
         self.errors = Counter(
-            "metering_errors", "Errors that stopped an agent's batch.", ["component"],
+            "metering_errors", "Errors that stopped the worker's fetch loop.", ["component"],
             registry=registry,
         )  # fmt: skip
 
@@ -145,8 +145,7 @@ class WorkerMetrics:
             self.dead_letters.labels(reason)
         for kind in ("overage", "adjustment"):
             self.lines.labels(kind)
-        for component in ("ingest", "forward", "system-events"):
-            self.errors.labels(component)
+        self.errors.labels("ingest")  # the one loop that can fail: fetch, fold, flush
         for clock in ("event", "log"):
             self.lag.labels(clock)
 

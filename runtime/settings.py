@@ -183,7 +183,9 @@ class Settings(BaseSettings):
         description="Mark /ui cookies Secure even on plain HTTP (behind a TLS proxy).",
     )
     ready_file: Path | None = Field(
-        default=None, description="Written by a worker once it has partitions and state."
+        default=None,
+        description="Written by a worker once it has partitions and state, and by the projector "
+        "once its API serves.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
     metrics_host: str = Field(default="127.0.0.1", description="Where a worker serves /metrics.")

@@ -1,4 +1,4 @@
-"""The CloudEvents 1.0 structured-JSON envelope shared by every input topic (DESIGN.md s. 3)."""
+"""The CloudEvents 1.0 structured-JSON envelope shared by every input topic (docs/events.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ MAX_ATTRIBUTE_LENGTH = 256
 
 
 class CloudEvent(BaseModel):
-    """One event as producers send it; `data` is validated per `type` by `schemas.usage` etc."""
+    """One event as producers send it; `data` is validated per `type` (usage events: by
+    `schemas.services.payload_model`)."""
 
     model_config = ConfigDict(frozen=True, extra="allow", str_strip_whitespace=False)
 

@@ -35,7 +35,8 @@ BOUNDS: dict[str, tuple[int, int]] = {"sum": (1, MAX_QUANTITY), "peak": (0, MAX_
 # Names, types and fields are spliced into the read model's SQL views, so they are held to
 # plain identifiers here, where the table is read.
 _NAME = r"^[a-z][a-z0-9_]{0,39}$"
-_EVENT_TYPE = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
+# Usage event types start `metering.`: that prefix is what sends them to `usage-events`.
+_EVENT_TYPE = r"^metering\.[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
 
 
 class Languages(BaseModel):
@@ -60,10 +61,12 @@ class ServiceSpec(BaseModel):
     label: Languages
 
     @model_validator(mode="after")
-    def _power_of_ten(self) -> ServiceSpec:
+    def _consistent(self) -> ServiceSpec:
         # Units convert to decimals exactly (bytes -> GB) only for powers of ten.
         if 10 ** (len(str(self.unit_size)) - 1) != self.unit_size:
             raise ValueError("unit_size: must be a power of ten (1, 1000, 1000000000, ...)")
+        if self.event_type.startswith("metering.control."):
+            raise ValueError("event_type: metering.control.* is for commands, not usage")
         return self
 
     @property

@@ -1,1 +1,2 @@
-"""The Faust worker and the Kafka plumbing around it: decode, call the folds, send."""
+"""Everything that talks to Kafka: the batched billing worker (decode, call the folds, send), the
+read model's projector, producers and topic administration."""

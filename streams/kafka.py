@@ -12,7 +12,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from runtime.settings import Settings
 
-# Decisions are judged against the time a record entered the log (DESIGN.md s.4), so the input
+# Decisions are judged against the time a record entered the log (docs/events.md), so the input
 # topics stamp it themselves instead of trusting the producer's clock.
 INPUT_CONFIG = {"message.timestamp.type": "LogAppendTime"}
 

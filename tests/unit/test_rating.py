@@ -1,4 +1,4 @@
-"""Billing rules of DESIGN.md section 4: bands, packages and exact amounts."""
+"""Billing rules of docs/billing.md: bands, packages and exact amounts."""
 
 from __future__ import annotations
 

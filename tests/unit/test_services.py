@@ -67,6 +67,8 @@ def test_the_packaged_table_lists_the_five_services_in_order() -> None:
         (lambda t: t["services"]["chat"].pop("label"), "services.chat.label: Field required"),
         (lambda t: t["services"]["chat"].update(colour="red"), "services.chat.colour:"),
         (lambda t: t.update(versions=[]), "only [services.<name>] tables"),
+        (lambda t: t["services"]["chat"].update(event_type="chat.started"), "event_type:"),
+        (lambda t: t["services"]["chat"].update(event_type="metering.control.x"), "for commands"),
     ],
 )  # fmt: skip
 def test_a_bad_table_is_refused_naming_the_field(change: Any, problem: str) -> None:
