@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import tomllib
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +20,7 @@ from pydantic import (
 )
 
 from schemas.services import Catalog, Service, default_catalog, load_catalog
+from schemas.toml_file import Unreadable, read_toml
 
 DEFAULT_PLAN = Path(__file__).with_name("plan.toml")
 
@@ -217,11 +217,7 @@ def load_plan(path: Path = DEFAULT_PLAN, services: Path | Catalog | None = None)
     if isinstance(services, Path):
         services = load_catalog(services)
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise PlanError(path, [f"cannot read: {exc.strerror}"]) from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise PlanError(path, [f"not valid TOML: {exc}"]) from None
+        data = read_toml(path)
+    except Unreadable as exc:
+        raise PlanError(path, [str(exc)]) from None
     return parse_plan(data, path, services)

@@ -5,12 +5,13 @@ Everything that treats services differently reads it here; nothing else names a 
 
 from __future__ import annotations
 
-import tomllib
 from functools import cache, cached_property
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from schemas.toml_file import Unreadable, read_toml
 
 DEFAULT_SERVICES = Path(__file__).with_name("services.toml")
 
@@ -180,13 +181,9 @@ def parse_catalog(data: Any, path: Path = DEFAULT_SERVICES) -> Catalog:
 
 def load_catalog(path: Path = DEFAULT_SERVICES) -> Catalog:
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ServicesError(path, [f"cannot read: {exc.strerror}"]) from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ServicesError(path, [f"not valid TOML: {exc}"]) from None
+        data = read_toml(path)
+    except Unreadable as exc:
+        raise ServicesError(path, [str(exc)]) from None
     return parse_catalog(data, path)
 
 
