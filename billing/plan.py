@@ -155,7 +155,8 @@ def _location(loc: tuple[int | str, ...]) -> str:
 
 def _with_units(data: dict[str, Any], catalog: Catalog) -> tuple[dict[str, Any], list[str]]:
     """The plan's data with each rate's unit and unit_size from the table, which alone says
-    them; a plan that writes them anyway is told where they belong."""
+    them. A plan written before the table (which had them per rate) still loads where they
+    agree with the table; where they differ, it is told where they belong."""
     problems: list[str] = []
     versions = data.get("versions")
     if not isinstance(versions, list):
@@ -172,14 +173,16 @@ def _with_units(data: dict[str, Any], catalog: Catalog) -> tuple[dict[str, Any],
                 problems.append(f"versions[{index}].services: {name} not in the services table")
                 continue
             if isinstance(rate, dict):
-                for key in ("unit", "unit_size"):
-                    if key in rate:
-                        problems.append(
-                            f"versions[{index}].services.{name}.{key}: belongs in the services "
-                            "table (METERING_SERVICES_FILE), not the plan"
-                        )
                 spec = catalog[name]
-                rate = {**rate, "unit": spec.unit.en, "unit_size": spec.unit_size}
+                table = {"unit": spec.unit.en, "unit_size": spec.unit_size}
+                for key, value in table.items():
+                    if key in rate and rate[key] != value:
+                        problems.append(
+                            f"versions[{index}].services.{name}.{key}: {rate[key]!r} differs "
+                            f"from the services table's {value!r}; it belongs in the table "
+                            "(METERING_SERVICES_FILE), not the plan"
+                        )
+                rate = {**rate, **table}
             filled[name] = rate
         out.append({**version, "services": filled})
     return {**data, "versions": out}, problems

@@ -176,9 +176,10 @@ def generate(month: str | None, tenants: int, seed: int, scale: float, output: P
     from metering.generate import generate_month
 
     month = month or previous_month(month_of(clock(), dt.UTC))
+    catalog = cli_plan(cli_settings()).catalog  # METERING_SERVICES_FILE's services, if set
     count = 0
     with output.open("wb") as handle:
-        for event in generate_month(month, tenants, seed, scale):
+        for event in generate_month(month, tenants, seed, scale, catalog):
             handle.write(orjson.dumps(event) + b"\n")
             count += 1
     click.echo(f"wrote {count} events of {month} for {tenants} tenants to {output}")

@@ -57,8 +57,8 @@ class ServiceSpec(BaseModel):
     aggregation: Aggregation
     field: str = Field(pattern=_NAME)
     unit: Languages
-    unit_size: int = Field(default=1, gt=0, description="Base units per billing unit.")
-    order: int = Field(ge=0)
+    unit_size: int = Field(default=1, gt=0, strict=True, description="Base units per billing unit.")
+    order: int = Field(ge=0, strict=True)
     label: Languages
 
     @model_validator(mode="after")
@@ -68,6 +68,10 @@ class ServiceSpec(BaseModel):
             raise ValueError("unit_size: must be a power of ten (1, 1000, 1000000000, ...)")
         if self.event_type.startswith("metering.control."):
             raise ValueError("event_type: metering.control.* is for commands, not usage")
+        if self.field.startswith("model_") or hasattr(BaseModel, self.field):
+            # The data model is a pydantic model with this field: a name pydantic keeps for
+            # itself would break decoding at the first event instead of here.
+            raise ValueError(f"field: {self.field!r} is reserved; name the data field otherwise")
         return self
 
     @property
@@ -96,7 +100,7 @@ class ServicesError(ValueError):
 
 
 class Catalog(BaseModel):
-    """The whole table, in display order."""
+    """The whole table: `services` as the file lists them, `names` in display order."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -111,6 +115,8 @@ class Catalog(BaseModel):
                 problems.append(f"services: each service needs its own {what}")
         if problems:
             raise ValueError("; ".join(problems))
+        for spec in self.services:
+            payload_model(spec)  # built now, so that a table that cannot decode fails to load
         return self
 
     @cached_property
@@ -161,6 +167,11 @@ def parse_catalog(data: Any, path: Path = DEFAULT_SERVICES) -> Catalog:
     rows = data.get("services") if isinstance(data, dict) else None
     if not isinstance(rows, dict) or set(data) != {"services"}:
         raise ServicesError(path, ["the file must hold only [services.<name>] tables"])
+    named = [n for n, row in rows.items() if isinstance(row, dict) and "name" in row]
+    if named:
+        raise ServicesError(
+            path, [f"services.{n}.name: the table's key names the service" for n in named]
+        )
     listed = [{"name": name, **row} if isinstance(row, dict) else row for name, row in rows.items()]
     try:
         return Catalog.model_validate({"services": listed})

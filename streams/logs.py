@@ -20,31 +20,30 @@ from aiokafka.errors import GroupCoordinatorNotAvailableError, NotCoordinatorFor
 COORDINATOR_LOGGER = "aiokafka.consumer.group_coordinator"
 LOOKUP_FAILED = "Group Coordinator Request failed: %s"
 TRANSIENT = (GroupCoordinatorNotAvailableError, NotCoordinatorForGroupError)
-# How long after the first such record it still counts as start-up. A fresh broker has its
-# coordinator within a second or two; when the lookups still fail after this long, the broker
-# or its offsets topic is really unavailable, and that must be seen: from then on the records
-# pass as WARNING (not INFO, so that they show at the default level and at `warning`; not
-# ERROR, since aiokafka keeps retrying and nothing is lost yet).
+# How long after the filter is installed (the process starts) a failed lookup still counts as
+# start-up. A fresh broker has its coordinator within a second or two; a lookup that fails
+# later (still failing, or a coordinator lost days after start) means the broker or its
+# offsets topic is really unavailable, and that must be seen: such records pass as WARNING
+# (not INFO, so that they show at the default level and at `warning`; not ERROR, since
+# aiokafka keeps retrying and nothing is lost yet).
 STARTUP_GRACE = 30.0
 
 
 class CoordinatorStartupFilter(logging.Filter):
     """Lower aiokafka's failed coordinator lookups, when the coordinator is merely not there
-    yet: INFO within `grace` seconds of the first, WARNING after it."""
+    yet: INFO within `grace` seconds of the filter's start, WARNING after it."""
 
     def __init__(self, grace: float = STARTUP_GRACE, clock: Callable[[], float] = time.monotonic):
         super().__init__()
         self.grace = grace
         self.clock = clock
-        self.first: float | None = None
+        self.started = clock()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.is_transient(record):
             return True
-        now = self.clock()
-        if self.first is None:
-            self.first = now
-        level = logging.INFO if now - self.first <= self.grace else logging.WARNING
+        start_up = self.clock() - self.started <= self.grace
+        level = logging.INFO if start_up else logging.WARNING
         record.levelno, record.levelname = level, logging.getLevelName(level)
         # The logger let the record through as an ERROR; at its new level it shows only where
         # such a record would have been logged in the first place.

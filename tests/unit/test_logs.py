@@ -121,6 +121,15 @@ async def test_a_coordinator_missing_for_long_is_a_warning(
     assert [level for level, _ in lookups(caplog)] == ["INFO", "INFO", "WARNING"]
 
 
+async def test_a_coordinator_lost_long_after_start_is_a_warning_at_once(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    clock.now += 3 * 86400  # days of running with the coordinator there, then it goes
+    await lookup_failing_with(GroupCoordinatorNotAvailableError())
+    assert [level for level, _ in lookups(caplog)] == ["WARNING"]
+
+
 async def test_a_lowered_record_respects_the_log_level(
     clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -68,6 +68,11 @@ def test_the_packaged_table_lists_the_five_services_in_order() -> None:
         (lambda t: t["services"]["chat"].update(colour="red"), "services.chat.colour:"),
         (lambda t: t.update(versions=[]), "only [services.<name>] tables"),
         (lambda t: t["services"]["chat"].update(event_type="chat.started"), "event_type:"),
+        (lambda t: t["services"]["chat"].update(field="model_dump"), "is reserved"),
+        (lambda t: t["services"]["chat"].update(field="copy"), "is reserved"),
+        (lambda t: t["services"]["chat"].update(name="sms"), "the table's key names the service"),
+        (lambda t: t["services"]["chat"].update(order=True), "services.chat.order:"),
+        (lambda t: t["services"]["storage"].update(unit_size="1000"), "storage.unit_size:"),
         (lambda t: t["services"]["chat"].update(event_type="metering.control.x"), "for commands"),
     ],
 )  # fmt: skip
@@ -88,8 +93,11 @@ def test_the_plan_prices_exactly_the_table_and_leaves_units_to_it(tmp_path: Path
     with pytest.raises(PlanError, match="fax not in the services table"):
         parse_plan(plan)
     del plan["versions"][0]["services"]["fax"]
+    # A plan written before the table had units per rate: it loads where they agree.
+    plan["versions"][0]["services"]["chat"].update(unit="chat sessions", unit_size=1)
+    assert parse_plan(plan).versions[0].services["chat"].unit == "chat sessions"
     plan["versions"][0]["services"]["chat"]["unit"] = "chats"
-    with pytest.raises(PlanError, match=r"services\.chat\.unit: belongs in the services table"):
+    with pytest.raises(PlanError, match=r"services\.chat\.unit: 'chats' differs from the"):
         parse_plan(plan)
 
 
