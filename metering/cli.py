@@ -36,19 +36,34 @@ def main() -> None:
 
 @main.command()
 @click.option("--detach", is_flag=True, help="Start in the background; return once ready.")
-def up(detach: bool) -> None:
-    """Run the local stack: a Kafka broker (KRaft), the topics and a worker.
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes in the consumer group; they split the partitions "
+    "(at most METERING_PARTITIONS).",
+)
+def up(detach: bool, workers: int) -> None:
+    """Run the local stack: a Kafka broker (KRaft), the topics, the workers and the read
+    model (projector and API).
 
-    In the foreground until Ctrl-C; with --detach it returns once topics exist and the worker
-    has its partitions, and `metering down` stops it.
+    In the foreground until Ctrl-C; with --detach it returns once topics exist and every
+    worker has its partitions, and `metering down` stops it.
     """
     from metering.stack import StackError, run_stack, start_detached
 
     settings = cli_settings()
     cli_plan(settings)  # a bad plan fails here, not in the background
+    if workers > settings.partitions:
+        raise click.BadParameter(
+            f"{workers} workers for {settings.partitions} partitions: "
+            f"{workers - settings.partitions} would hold none (raise METERING_PARTITIONS)",
+            param_hint="--workers",
+        )
     try:
         if detach:
-            record = start_detached(settings)
+            record = start_detached(settings, workers=workers)
             click.echo(
                 f"stack ready: Kafka at {record['bootstrap']}, read model API at "
                 f"{record['api_url']}, data in {settings.data_dir}\n"
@@ -56,7 +71,9 @@ def up(detach: bool) -> None:
             )
             return
         run_stack(
-            settings, on_ready=lambda b: click.echo(f"stack ready: Kafka at {b}; Ctrl-C stops it")
+            settings,
+            on_ready=lambda b: click.echo(f"stack ready: Kafka at {b}; Ctrl-C stops it"),
+            workers=workers,
         )
         click.echo("stack stopped")
     except StackError as exc:

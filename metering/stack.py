@@ -1,5 +1,5 @@
-"""The local stack: a Kafka broker (unless one is configured), the topics, a worker and the
-projector with the read-model API.
+"""The local stack: a Kafka broker (unless one is configured), the topics, one or more workers
+(one consumer group: they split the partitions) and the projector with the read-model API.
 
 `run_stack` runs it in the foreground and records it in `<data dir>/stack.json`, so that every
 later command with the same data dir finds it; `start_detached` runs it in the background and
@@ -53,9 +53,10 @@ def _write_record(settings: Settings, **record: Any) -> None:
 
 
 def _start(
-    component: str, settings: Settings, bootstrap: str, ready_file: Path
+    component: str, settings: Settings, bootstrap: str, ready_file: Path, name: str = ""
 ) -> subprocess.Popen[bytes]:
-    """Start `metering COMPONENT` (worker, projector) in its own session, logging to a file."""
+    """Start `metering COMPONENT` (worker, projector) in its own session, logging to
+    `<name or component>.log`."""
     env = dict(os.environ)
     env.update(
         METERING_KAFKA_BOOTSTRAP=bootstrap,
@@ -63,7 +64,7 @@ def _start(
         METERING_READY_FILE=str(ready_file),
     )
     ready_file.unlink(missing_ok=True)
-    log = (settings.data_dir / f"{component}.log").open("ab")
+    log = (settings.data_dir / f"{name or component}.log").open("ab")
     process = subprocess.Popen(  # noqa: S603  # nosec B603  # `component` is one of our own subcommands
         [sys.executable, "-m", "metering.cli", component],
         env=env,
@@ -93,8 +94,16 @@ def _wait_ready(
     return ready_file.read_text()
 
 
-def run_stack(settings: Settings, on_ready: Any = None, timeout: float = 180.0) -> None:
-    """Run broker and worker until SIGINT/SIGTERM; `on_ready()` is called once all is up."""
+def worker_names(workers: int) -> list[str]:
+    """`worker` for the first (its files keep their names), then `worker-2`, `worker-3`, ..."""
+    return ["worker" if n == 1 else f"worker-{n}" for n in range(1, workers + 1)]
+
+
+def run_stack(
+    settings: Settings, on_ready: Any = None, timeout: float = 180.0, workers: int = 1
+) -> None:
+    """Run broker, `workers` workers and the projector until SIGINT/SIGTERM; `on_ready()` is
+    called once all is up."""
     if read_record(settings) is not None:
         raise StackError(f"a stack already runs in {settings.data_dir}; `metering down` first")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -106,8 +115,7 @@ def run_stack(settings: Settings, on_ready: Any = None, timeout: float = 180.0) 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     broker: Broker | None = None
-    worker: subprocess.Popen[bytes] | None = None
-    projector: subprocess.Popen[bytes] | None = None
+    started: dict[str, subprocess.Popen[bytes]] = {}
     try:
         bootstrap = settings.kafka_bootstrap
         if not bootstrap:
@@ -122,29 +130,42 @@ def run_stack(settings: Settings, on_ready: Any = None, timeout: float = 180.0) 
         _write_record(settings, **record)
         local = settings.model_copy(update={"kafka_bootstrap": bootstrap})
         asyncio.run(ensure_topics(local))
-        worker = _start("worker", local, bootstrap, settings.data_dir / "worker.ready")
-        projector = _start("projector", local, bootstrap, settings.data_dir / "projector.ready")
-        record.update(worker_pid=worker.pid, projector_pid=projector.pid)
+        for name in [*worker_names(workers), "projector"]:
+            component = "projector" if name == "projector" else "worker"
+            ready_file = settings.data_dir / f"{name}.ready"
+            started[name] = _start(component, local, bootstrap, ready_file, name)
+        pids = [started[name].pid for name in worker_names(workers)]
+        record.update(worker_pid=pids[0], worker_pids=pids, projector_pid=started["projector"].pid)
         _write_record(settings, **record)
-        worker_ready = _wait_ready("worker", worker, settings.data_dir / "worker.ready", timeout)
-        ready = _wait_ready("projector", projector, settings.data_dir / "projector.ready", timeout)
-        record["api_url"] = json.loads(ready)["api_url"]
-        # What Prometheus scrapes: `metering prometheus-config` writes a config from these.
-        record["metrics"] = {
-            "metering-worker": json.loads(worker_ready)["metrics_url"],
-            "metering-projector": f"{record['api_url']}/metrics",
-        }
+        record.update(_when_ready(settings, started, workers, timeout))
         record["ready"] = True
         _write_record(settings, **record)
         if on_ready is not None:
             on_ready(bootstrap)
         while not stop["now"]:
-            for name, process in (("worker", worker), ("projector", projector)):
+            for name, process in started.items():
                 if process.poll() is not None:
                     raise StackError(f"the {name} exited with {process.returncode}; see {name}.log")
             time.sleep(0.2)
     finally:
-        _stop_started(settings, broker, worker, projector)
+        _stop_started(settings, broker, *started.values())
+
+
+def _when_ready(
+    settings: Settings, started: dict[str, subprocess.Popen[bytes]], workers: int, timeout: float
+) -> dict[str, Any]:
+    """Wait for every component's ready file; the record's API URL and metrics targets."""
+    ready = {
+        name: json.loads(_wait_ready(name, process, settings.data_dir / f"{name}.ready", timeout))
+        for name, process in started.items()
+    }
+    api_url = ready["projector"]["api_url"]
+    # What Prometheus scrapes: `metering prometheus-config` writes a config from these.
+    metrics = {
+        "metering-worker": [ready[name]["metrics_url"] for name in worker_names(workers)],
+        "metering-projector": f"{api_url}/metrics",
+    }
+    return {"api_url": api_url, "metrics": metrics}
 
 
 def _stop_started(
@@ -170,15 +191,16 @@ def _wait(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
         process.wait(timeout)
 
 
-def start_detached(settings: Settings, timeout: float = 240.0) -> dict[str, Any]:
-    """Start `metering up` in the background; return its record once it is ready."""
+def start_detached(settings: Settings, timeout: float = 240.0, workers: int = 1) -> dict[str, Any]:
+    """Start `metering up` in the background; return its record once it is ready. A stack
+    that runs already is returned as it is, whatever its number of workers."""
     existing = read_record(settings)
     if existing is not None and existing.get("ready"):
         return existing
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     log = (settings.data_dir / "stack.log").open("ab")
-    process = subprocess.Popen(  # nosec B603  # our own interpreter and subcommand
-        [sys.executable, "-m", "metering.cli", "up"],
+    process = subprocess.Popen(  # noqa: S603  # nosec B603  # our own interpreter and subcommand
+        [sys.executable, "-m", "metering.cli", "up", "--workers", str(workers)],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -209,6 +231,7 @@ def stop_stack(settings: Settings, timeout: float = 60.0) -> bool:
     except (OSError, ValueError):
         return False
     pids = [record.get(k) for k in ("pid", "worker_pid", "projector_pid", "broker_pid")]
+    pids += record.get("worker_pids") or []
     stop_process(int(record["pid"]), timeout)
     started_here = _detached.pop(int(record["pid"]), None)
     if started_here is not None:

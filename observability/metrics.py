@@ -124,9 +124,15 @@ class WorkerMetrics:
         )
 
     def _add_health_metrics(self, registry: CollectorRegistry) -> None:
-        """Rebalances and errors."""
+        """Rebalances, partitions held, and errors."""
         self.rebalances = Counter(
             "metering_rebalances", "Consumer group rebalances this worker took part in.",
+            registry=registry,
+        )  # fmt: skip
+        # With several workers in the group, how the usage log's partitions are split: the
+        # sum over workers is the partition count once the group has settled.
+        self.partitions_held = Gauge(
+            "metering_worker_partitions", "Partitions of the usage log this worker holds.",
             registry=registry,
         )  # fmt: skip
         self.errors = Counter(

@@ -12,22 +12,24 @@ RULES = Path(__file__).resolve().parent.parent / "ops" / "prometheus" / "rules"
 
 
 def scrape_config(
-    metrics_urls: dict[str, str],
+    metrics_urls: dict[str, str | list[str]],
     interval: str = "15s",
     rules: Path = RULES,
     credentials_file: Path | None = None,
 ) -> str:
-    """`metrics_urls` maps a job name (metering-worker, metering-projector) to its /metrics;
+    """`metrics_urls` maps a job name (metering-worker, metering-projector) to its /metrics,
+    or to the /metrics of each of its processes (every worker of `metering up --workers N`);
     `credentials_file` holds a metrics key, which every job then sends as a bearer token
     (needed once METERING_API_KEYS is set: every /metrics then wants that key)."""
     jobs = []
-    for job, url in sorted(metrics_urls.items()):
-        parts = urllib.parse.urlsplit(url)
+    for job, urls in sorted(metrics_urls.items()):
+        # The processes of a job serve the same path and scheme on their own host:port.
+        split = [urllib.parse.urlsplit(u) for u in ([urls] if isinstance(urls, str) else urls)]
         scrape: dict[str, object] = {
             "job_name": job,
-            "metrics_path": parts.path or "/metrics",
-            "scheme": parts.scheme or "http",
-            "static_configs": [{"targets": [parts.netloc]}],
+            "metrics_path": split[0].path or "/metrics",
+            "scheme": split[0].scheme or "http",
+            "static_configs": [{"targets": [parts.netloc for parts in split]}],
         }
         if credentials_file is not None:
             # A file, not the key itself: the printed configuration holds no secret, and

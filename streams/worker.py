@@ -128,6 +128,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
             # Whatever was not committed is folded again by the partitions' next owner.
             self._store = Store(self.new_index())
             self.folded.clear()
+            self.metrics.partitions_held.set(0)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         async with self.lock:
@@ -145,6 +146,8 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
             finally:
                 await restorer.stop()
             log.info("assigned partitions %s: %s", sorted(partitions), self.store_summary())
+            held = sum(1 for tp in assigned if tp.topic == self.topics.usage)
+            self.metrics.partitions_held.set(held)
             self.assigned.set()
 
     def new_index(self) -> SeenIndex:

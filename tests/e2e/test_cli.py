@@ -124,3 +124,60 @@ def test_up_send_close_invoice_down(tmp_path: Path) -> None:
     for key in ("worker_pid", "projector_pid", "broker_pid"):
         assert not Path(f"/proc/{record[key]}").exists(), f"{key} left a zombie"
     assert not (tmp_path / "data" / "stack.json").exists()
+
+
+def partitions_held(metrics_url: str) -> int:
+    """The `metering_worker_partitions` gauge a worker serves (loopback: no key needed)."""
+    import httpx
+
+    for line in httpx.get(metrics_url, timeout=10).text.splitlines():
+        if line.startswith("metering_worker_partitions "):
+            return int(float(line.split()[1]))
+    raise AssertionError(f"{metrics_url} serves no metering_worker_partitions")
+
+
+@pytest.mark.integration
+def test_up_with_two_workers_splits_the_partitions(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = {
+        "METERING_DATA_DIR": str(data), "METERING_AUTO_CLOSE_GRACE": "off",
+        "METERING_PARTITIONS": "4",
+    }  # fmt: skip
+    too_many = metering("up", "--workers", "5", env=env)
+    assert too_many.returncode == 2
+    assert "5 workers for 4 partitions: 1 would hold none" in too_many.stderr
+    month = previous_month(month_of(dt.datetime.now(dt.UTC), dt.UTC))
+    try:
+        up = metering("up", "--detach", "--workers", "2", env=env)
+        assert up.returncode == 0, up.stderr
+        record = json.loads((data / "stack.json").read_text())
+        assert len(record["worker_pids"]) == 2 and (data / "worker-2.log").exists()
+        urls = record["metrics"]["metering-worker"]
+        deadline = time.monotonic() + 60
+        # Both work, and every partition is held once the group has settled.
+        while not (all(held := [partitions_held(u) for u in urls]) and sum(held) == 4):
+            assert time.monotonic() < deadline, f"the workers hold {held} of 4 partitions"
+            time.sleep(0.5)
+        config = metering("prometheus-config", env=env)
+        assert config.returncode == 0, config.stderr
+        targets = json.loads(config.stdout)["scrape_configs"]
+        worker_job = next(j for j in targets if j["job_name"] == "metering-worker")
+        assert len(worker_job["static_configs"][0]["targets"]) == 2
+
+        events = tmp_path / "month.jsonl"
+        assert (
+            metering("generate", month, "--tenants", "6", "-o", str(events), env=env).returncode
+            == 0
+        )
+        sent = metering("send", str(events), env=env)
+        assert sent.returncode == 0 and "rejected 0 lines" in sent.stdout, sent.stderr
+        closed = metering("close", month, env=env)
+        assert closed.returncode == 0 and "6 tenants" in closed.stdout, closed.stderr
+        audit = metering("audit", month, env=env)
+        assert audit.returncode == 0, audit.stdout + audit.stderr
+        assert "match the raw events" in audit.stdout
+    finally:
+        down = metering("down", env=env)
+    assert down.returncode == 0
+    for pid in record["worker_pids"]:
+        assert not Path(f"/proc/{pid}").exists(), f"worker {pid} left behind"
