@@ -7,7 +7,7 @@ the `BatchResult` holds: one state write per key per batch, then the output reco
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol
@@ -59,9 +59,12 @@ class BatchResult:
 class _Running:
     """A service-month being counted in this batch, ahead of the tenant's state."""
 
-    __slots__ = ("events", "first", "last", "trigger", "value")
+    __slots__ = ("combine", "events", "first", "last", "trigger", "value")
 
-    def __init__(self, before: ServiceMonth | None, trigger: int) -> None:
+    def __init__(
+        self, before: ServiceMonth | None, trigger: int, combine: Callable[[int, int], int]
+    ) -> None:
+        self.combine = combine  # the service's rule (peak or sum), looked up once per batch
         self.value = before.value if before else 0
         self.events = before.events if before else 0
         self.first = before.first_offset if before else None
@@ -89,9 +92,10 @@ class _Counting:
         if running is None:
             before = self.state.usage.get(event.month, {}).get(event.service)
             trigger = triggers.at(self.state, event.month, event.service)
-            running = self.running[key] = _Running(before, trigger)
+            combine = triggers.plan.catalog[event.service].combine
+            running = self.running[key] = _Running(before, trigger, combine)
         offset = event.position.offset
-        running.value = triggers.plan.catalog[event.service].combine(running.value, event.amount)
+        running.value = running.combine(running.value, event.amount)
         running.events += 1
         running.first = offset if running.first is None else min(running.first, offset)
         running.last = offset if running.last is None else max(running.last, offset)
