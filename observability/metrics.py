@@ -20,6 +20,7 @@ from billing.thresholds import LEVELS
 from projections.batch import BatchResult
 from projections.decode import REASONS
 from projections.events import CloseMarkerSeen, UsageRecorded
+from projections.plain import PlainUsage
 from schemas.services import Service, default_catalog
 
 # Every usage record ends in one: events produced = accepted + duplicate + dead-lettered, per
@@ -163,12 +164,10 @@ class WorkerMetrics:
                 self.events.labels(kind, outcome).inc(count)
         for letter in result.dead_letters:
             self.dead_letters.labels(letter.reason).inc()
-        usage = [item for item in decoded if isinstance(item, UsageRecorded)]
+        usage = [item for item in decoded if isinstance(item, PlainUsage | UsageRecorded)]
         at = now.timestamp()
         observe_many(self.lag.labels("event"), [at - item.time.timestamp() for item in usage])
-        observe_many(
-            self.lag.labels("log"), [at - item.position.log_time.timestamp() for item in usage]
-        )
+        observe_many(self.lag.labels("log"), [at - item.log_seconds for item in usage])
         for crossing in result.crossings:
             self.crossings.labels(crossing.service, crossing.level).inc()
         for line in result.lines:

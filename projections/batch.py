@@ -7,7 +7,7 @@ the `BatchResult` holds: one state write per key per batch, then the output reco
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol
@@ -19,8 +19,10 @@ from projections.events import (
     LicenceSnapshotTaken,
     TenantRegistered,
     UsageRecorded,
+    trusted,
 )
 from projections.invoicing import close_month
+from projections.plain import PlainUsage
 from projections.tenant import (
     ServiceMonth,
     TenantState,
@@ -31,6 +33,8 @@ from projections.tenant import (
 )
 from schemas.records import DeadLetter, InvoiceLine, MonthClosed, ThresholdCrossed
 from schemas.services import Service
+
+Usage = UsageRecorded | PlainUsage  # the same event, decoded by the models or the fast lane
 
 
 class StateView(Protocol):
@@ -59,12 +63,10 @@ class BatchResult:
 class _Running:
     """A service-month being counted in this batch, ahead of the tenant's state."""
 
-    __slots__ = ("combine", "events", "first", "last", "trigger", "value")
+    __slots__ = ("events", "first", "last", "peak", "trigger", "value")
 
-    def __init__(
-        self, before: ServiceMonth | None, trigger: int, combine: Callable[[int, int], int]
-    ) -> None:
-        self.combine = combine  # the service's rule (peak or sum), looked up once per batch
+    def __init__(self, before: ServiceMonth | None, trigger: int, peak: bool) -> None:
+        self.peak = peak  # the service's rule (peak or sum), looked up once per batch
         self.value = before.value if before else 0
         self.events = before.events if before else 0
         self.first = before.first_offset if before else None
@@ -86,19 +88,25 @@ class _Counting:
         self.running: dict[tuple[str, Service], _Running] = {}
         self.applied = state.applied_through
 
-    def count(self, event: UsageRecorded, triggers: Triggers) -> list[ThresholdCrossed]:
+    def count(self, event: Usage, triggers: Triggers) -> list[ThresholdCrossed]:
         key = (event.month, event.service)
         running = self.running.get(key)
         if running is None:
             before = self.state.usage.get(event.month, {}).get(event.service)
             trigger = triggers.at(self.state, event.month, event.service)
-            combine = triggers.plan.catalog[event.service].combine
-            running = self.running[key] = _Running(before, trigger, combine)
-        offset = event.position.offset
-        running.value = running.combine(running.value, event.amount)
+            peak = triggers.plan.catalog[event.service].peak
+            running = self.running[key] = _Running(before, trigger, peak)
+        # `ServiceSpec.combine`, `min` and `max`, spelled out: this runs for every event.
+        offset, amount = event.offset, event.amount
+        if not running.peak:
+            running.value += amount
+        elif amount > running.value:
+            running.value = amount
         running.events += 1
-        running.first = offset if running.first is None else min(running.first, offset)
-        running.last = offset if running.last is None else max(running.last, offset)
+        if running.first is None or offset < running.first:
+            running.first = offset
+        if running.last is None or offset > running.last:
+            running.last = offset
         self.applied = offset
         if running.value < running.trigger:
             return []
@@ -115,7 +123,8 @@ class _Counting:
             if month not in copied:
                 months[month] = dict(months.get(month, {}))
                 copied.add(month)
-            months[month][service] = ServiceMonth.model_construct(
+            months[month][service] = trusted(
+                ServiceMonth,
                 value=running.value,
                 events=running.events,
                 first_offset=running.first,
@@ -168,43 +177,41 @@ class _Batch:
             return self.out.seen[key][2]
         return self.view.seen(key)
 
-    def usage(self, event: UsageRecorded) -> None:
-        key, offset = event.dedupe_key, event.position.offset
-        if self.copied_again(event):
+    def usage(self, event: Usage) -> None:
+        key, offset, partition = event.dedupe_key, event.offset, event.partition
+        if event.copy_key is not None and self.copied_again(event, event.copy_key):
             return
         counting = self.counting.get(event.tenant)
         if counting is None:
-            counting = _Counting(self.state(event.tenant, event.position.partition))
+            counting = _Counting(self.state(event.tenant, partition))
             self.counting[event.tenant] = counting
         claimed = self.claimed(key)
         if offset <= counting.applied:
             # Already in the tenant's state: the state was written, the offset commit was
             # not (a killed worker). Only a lost dedupe entry may need writing again.
             if claimed is None:
-                self.out.seen[key] = (event.position.partition, event.month, offset)
+                self.out.seen[key] = (partition, event.month, offset)
             return
         if claimed is not None and claimed != offset:
             self.out.outcomes[(event.service, "duplicate")] += 1
             return
         # Claimed by this very record: its dedupe entry was written before a kill, the
         # tenant's state was not. It has not been counted yet.
-        self.out.seen[key] = (event.position.partition, event.month, offset)
-        self.out.crossings.extend(counting.count(event, self.triggers))
+        self.out.seen[key] = (partition, event.month, offset)
+        if crossings := counting.count(event, self.triggers):
+            self.out.crossings.extend(crossings)
         self.out.outcomes[(event.service, "accepted")] += 1
 
-    def copied_again(self, event: UsageRecorded) -> bool:
+    def copied_again(self, event: Usage, copy_key: str) -> bool:
         """Whether this is a second copy of a record moved to its tenant's partition (the
         worker that moved it was killed before committing, or a new group replays): the
         first copy decided, whether counted or duplicate; this one is no event of its own."""
-        copy_key = event.position.copy_key
-        if copy_key is None:
-            return False
         claimed = self.claimed(copy_key)
-        if claimed is not None and claimed != event.position.offset:
+        if claimed is not None and claimed != event.offset:
             self.out.outcomes[(event.service, "recopied")] += 1
             return True
         if claimed is None:
-            self.out.seen[copy_key] = (event.position.partition, event.month, event.position.offset)
+            self.out.seen[copy_key] = (event.partition, event.month, event.offset)
         return False
 
     def licence(self, event: LicenceSnapshotTaken) -> None:
@@ -260,7 +267,7 @@ class _Batch:
 
 
 def fold_batch(
-    items: Sequence[Decoded | DeadLetter],
+    items: Sequence[Decoded | PlainUsage | DeadLetter],
     view: StateView,
     plan: Plan,
     barrier_origins: frozenset[str],
@@ -275,7 +282,7 @@ def fold_batch(
         triggers = Triggers(plan)
     batch = _Batch(view, triggers, barrier_origins)
     for item in items:
-        if isinstance(item, UsageRecorded):
+        if isinstance(item, PlainUsage | UsageRecorded):
             batch.usage(item)
         elif isinstance(item, LicenceSnapshotTaken):
             batch.licence(item)

@@ -7,7 +7,6 @@ clock, so a replay rejects exactly what the first run rejected.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from typing import Any, TypeVar
 
 import orjson
@@ -22,9 +21,9 @@ from projections.events import (
     Position,
     TenantRegistered,
     UsageRecorded,
-    trusted,
 )
 from projections.months import month_end, month_of
+from projections.plain import MAX_EVENT_BYTES, MAX_FUTURE, RETENTION, micros, plain_decoder
 from projections.rejection import Rejected as Rejected  # re-exported: callers catch it here
 from schemas.envelope import MAX_ATTRIBUTE_LENGTH, CloudEvent
 from schemas.licenses import LICENSES_CHANGED, TENANT_REGISTERED, LicensesChanged
@@ -35,12 +34,7 @@ from schemas.system_events import SYSTEM_EVENT_TYPES, SystemEventData
 
 M = TypeVar("M", bound=BaseModel)
 
-MAX_FUTURE = dt.timedelta(minutes=5)
-RETENTION = dt.timedelta(days=90)
 MAX_PAYLOAD_ECHO = 2048  # bytes of a rejected payload kept in its dead letter
-# A usage event is a few hundred bytes; far larger is an error or an attack, and would cost
-# every consumer of the log (and the archive) its size again.
-MAX_EVENT_BYTES = 64 * 1024
 
 
 # Every reason code a dead letter can carry (`unroutable` comes from `metering send`).
@@ -113,7 +107,11 @@ def _check_time(event: CloudEvent, month: str, log_time: dt.datetime, plan: Plan
 
 
 def _usage(event: CloudEvent, spec: ServiceSpec, position: Position, plan: Plan) -> UsageRecorded:
-    month = month_of(event.time, plan.zone)
+    try:
+        month = month_of(event.time, plan.zone)
+    except OverflowError:
+        # Year 1 or 9999 near midnight: no month in the billing zone (it stopped the worker).
+        raise Rejected("invalid_field", "time", "time is out of range") from None
     if plan.version_for(month) is None:
         raise Rejected("no_plan", "time", f"no plan version is in force for {month}")
     _check_time(event, month, position.log_time, plan)
@@ -153,56 +151,6 @@ def _close(event: CloudEvent, position: Position) -> CloseMarkerSeen:
 LICENCE_TYPES = (LICENSES_CHANGED, TENANT_REGISTERED)
 
 
-# The shape nearly every usage event has; anything else takes the validating path.
-_PLAIN_TIME = re.compile(
-    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)", re.ASCII
-)
-_NAME_LENGTH = range(1, MAX_ATTRIBUTE_LENGTH + 1)
-
-
-def _plain_usage(obj: Any, position: Position, plan: Plan) -> UsageRecorded | None:
-    """A usage event in its common shape, accepted without pydantic; None when anything is
-    unusual (the validating path then decides, and names the reason if it rejects).
-
-    Accepts only what the validating path accepts too, with the same result; a property test
-    compares the two on valid and mangled events."""
-    if type(obj) is not dict or obj.get("specversion") != "1.0":
-        return None
-    type_ = obj.get("type")
-    spec = plan.catalog.by_type.get(type_) if type(type_) is str else None
-    id_, source, subject, time, data = (
-        obj.get("id"), obj.get("source"), obj.get("subject"), obj.get("time"), obj.get("data"),
-    )  # fmt: skip
-    if (
-        spec is None
-        or type(id_) is not str or len(id_) not in _NAME_LENGTH
-        or type(source) is not str or len(source) not in _NAME_LENGTH
-        or type(subject) is not str or len(subject) not in _NAME_LENGTH
-        or type(time) is not str or not _PLAIN_TIME.fullmatch(time)
-        or type(data) is not dict or len(data) != 1
-    ):  # fmt: skip
-        return None
-    amount = data.get(spec.field)
-    low, high = spec.bounds
-    if type(amount) is not int or not low <= amount <= high:
-        return None
-    try:
-        at = dt.datetime.fromisoformat(time)
-    except ValueError:
-        return None
-    month = month_of(at, plan.zone)
-    if plan.version_for(month) is None:
-        return None
-    log_time = position.log_time
-    if at > log_time + MAX_FUTURE or log_time >= month_end(month, plan.zone) + RETENTION:
-        return None
-    return trusted(
-        UsageRecorded,
-        tenant=subject, service=spec.name, month=month, amount=amount, source=source, id=id_,
-        time=at, position=position,
-    )  # fmt: skip
-
-
 def _object(value: bytes | None, headers: Headers | None) -> Any:
     """The record as one JSON value: the value itself (structured mode), or the event its
     `ce_` headers and value stand for (binary mode); raises Rejected."""
@@ -222,7 +170,15 @@ def decode(
         obj = _object(value, headers)
     except Rejected as rejected:
         return dead_letter(value, position, rejected, headers)
-    return _plain_usage(obj, position, plan) or validated(value, obj, position, plan, headers)
+    return plain_usage(obj, position, plan) or validated(value, obj, position, plan, headers)
+
+
+def plain_usage(obj: Any, position: Position, plan: Plan) -> UsageRecorded | None:
+    """The fast lane's decision (`projections.plain`) for `obj` read at `position`: None
+    when the event is not in the common shape or breaks a rule."""
+    where = (position.topic, position.partition, position.offset, micros(position.log_time))
+    plain = plain_decoder(plan).usage(obj, where)
+    return None if plain is None else plain.recorded(position)
 
 
 def validated(

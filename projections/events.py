@@ -69,6 +69,23 @@ class UsageRecorded(BaseModel):
     def dedupe_key(self) -> str:
         return dedupe_key(self.tenant, self.source, self.id)
 
+    # What the folds read, named as `projections.plain.PlainUsage` names it.
+    @property
+    def partition(self) -> int:
+        return self.position.partition
+
+    @property
+    def offset(self) -> int:
+        return self.position.offset
+
+    @property
+    def copy_key(self) -> str | None:
+        return self.position.copy_key
+
+    @property
+    def log_seconds(self) -> float:
+        return self.position.log_time.timestamp()
+
 
 class LicenceSnapshotTaken(BaseModel):
     model_config = ConfigDict(frozen=True)

@@ -7,6 +7,7 @@ new state with the records the decision produces; nothing here knows about Kafka
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from decimal import Decimal
 
@@ -17,6 +18,7 @@ from billing.rating import Rating, rate
 from billing.thresholds import reached_levels, warning_at
 from projections.events import LicenceSnapshotTaken, UsageRecorded
 from projections.months import month_start, next_month
+from projections.plain import PlainUsage
 from schemas.records import ThresholdCrossed
 from schemas.services import Service
 
@@ -136,7 +138,9 @@ class Triggers:
         return trigger
 
 
+@functools.lru_cache(maxsize=65_536)
 def crossing_id(tenant: str, service: Service, month: str, level: str, n: int | None) -> str:
+    # Remembered: every trigger a batch works out asks for the same few ids (a uuid5 each).
     return stable_id("crossing", tenant, service, month, level, str(n or ""))
 
 
@@ -190,7 +194,7 @@ def apply_usage(
 
 
 def crossings_at(
-    state: TenantState, event: UsageRecorded, plan: Plan
+    state: TenantState, event: UsageRecorded | PlainUsage, plan: Plan
 ) -> tuple[TenantState, list[ThresholdCrossed]]:
     """The crossings of the event's service-month in `state`, which already counts `event`."""
     return _crossings(

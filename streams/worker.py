@@ -35,6 +35,7 @@ from projections.batch import BatchResult, fold_batch
 from projections.decode import check_system_event, decode
 from projections.events import CloseMarkerSeen, Decoded, Position, UsageRecorded, trusted
 from projections.months import auto_close_due
+from projections.plain import PlainUsage, plain_decoder
 from projections.tenant import Triggers
 from runtime.settings import Settings
 from schemas.records import DeadLetter
@@ -75,6 +76,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
         self.barrier_origins: frozenset[str] = frozenset()  # known once the topics are
         self.partitions = 0  # of the usage log
         self.triggers = Triggers(plan)
+        self.plain = plain_decoder(plan)
         self.stopping = asyncio.Event()
         self.assigned = asyncio.Event()
         # Held while a fetch is folded and while partitions move, so neither sees the other
@@ -173,7 +175,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
         self.last_flush = time.monotonic()
 
     async def fold(self, fetched: dict[TopicPartition, list[Record]]) -> None:
-        here: list[Decoded | DeadLetter] = []
+        here: list[Decoded | PlainUsage | DeadLetter] = []
         moved: Counter[tuple[str, str]] = Counter()
         for tp, records in fetched.items():
             if not records:
@@ -187,9 +189,11 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
         if here or moved:
             keys = []
             for item in here:
-                if isinstance(item, UsageRecorded):
+                if type(item) is PlainUsage:
                     keys.append(item.dedupe_key)
-                    if (copy_key := item.position.copy_key) is not None:
+                elif isinstance(item, UsageRecorded):
+                    keys.append(item.dedupe_key)
+                    if (copy_key := item.copy_key) is not None:
                         keys.append(copy_key)
             self.store.prefetch(keys)
             result = fold_batch(here, self.store, self.plan, self.barrier_origins, self.triggers)
@@ -205,12 +209,24 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
 
     async def route(
         self, records: list[Record], in_usage_log: bool, moved: Counter[tuple[str, str]]
-    ) -> list[Decoded | DeadLetter]:
+    ) -> list[Decoded | PlainUsage | DeadLetter]:
         """Decode one partition's records in order; return those folded here and copy the
         others to their tenant's partition (see `streams.routing`). A copy is sent before
-        any later record of the same partition, so a close marker follows what preceded it."""
-        here: list[Decoded | DeadLetter] = []
+        any later record of the same partition, so a close marker follows what preceded it.
+
+        A usage record without headers (no copy, no binary mode) in its tenant's partition
+        is tried on the fast lane first (`projections.plain`); all else takes `decode`."""
+        here: list[Decoded | PlainUsage | DeadLetter] = []
+        plain, home, partitions = self.plain.decode, routing.home, self.partitions
         for record in records:
+            if in_usage_log and not record.headers:
+                fast = plain(
+                    record.value, record.topic, record.partition, record.offset,
+                    record.timestamp,
+                )  # fmt: skip
+                if fast is not None and home(fast.tenant, partitions) == record.partition:
+                    here.append(fast)
+                    continue
             item = decode(record.value, position_of(record), self.plan, record.headers)
             where = routing.route(item, in_usage_log, self.partitions)
             if where in (Route.FOLD, Route.FOLD_AND_SPREAD):

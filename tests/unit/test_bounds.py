@@ -14,7 +14,7 @@ import pytest
 
 from billing.plan import load_plan
 from billing.rating import rate
-from projections.decode import Rejected, _plain_usage, admit, decode, validated
+from projections.decode import Rejected, admit, decode, plain_usage, validated
 from projections.events import Position, UsageRecorded
 from readmodel.rows import Record
 from runtime.settings import Settings
@@ -65,7 +65,7 @@ def test_more_than_the_bound_is_refused_naming_the_field(
     obj: dict[str, object], field: str
 ) -> None:
     value = orjson.dumps(obj)
-    assert _plain_usage(obj, POSITION, PLAN) is None  # the fast path declines it
+    assert plain_usage(obj, POSITION, PLAN) is None  # the fast path declines it
     for letter in (decode(value, POSITION, PLAN), validated(value, obj, POSITION, PLAN)):
         assert not isinstance(letter, UsageRecorded)
         assert (letter.reason, letter.field) == ("invalid_field", field)
@@ -78,7 +78,7 @@ def test_more_than_the_bound_is_refused_naming_the_field(
 @pytest.mark.parametrize(("obj", "amount"), AT_THE_BOUND)
 def test_the_bound_itself_is_accepted_on_both_paths(obj: dict[str, object], amount: int) -> None:
     value = orjson.dumps(obj)
-    plain, checked = _plain_usage(obj, POSITION, PLAN), validated(value, obj, POSITION, PLAN)
+    plain, checked = plain_usage(obj, POSITION, PLAN), validated(value, obj, POSITION, PLAN)
     assert isinstance(plain, UsageRecorded) and isinstance(checked, UsageRecorded)
     assert plain.amount == checked.amount == amount
     assert admit(obj, LOG_TIME, PLAN)[0] == "usage"

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billing.plan import load_plan
-from projections.decode import _plain_usage, decode, validated
+from projections.decode import decode, plain_usage, validated
 from projections.events import Position, UsageRecorded, trusted
 from schemas.records import DeadLetter
 
@@ -83,6 +83,9 @@ def test_utc_offset_moves_event_into_next_month() -> None:
         (event(type="metering.storage.measured", data={}), "missing_field", "data.bytes"),
         (event(time="2019-12-31T12:00:00Z"), "no_plan", "time"),
         (event(time="9999-12-31T23:59:59Z"), "future", "time"),
+        # No month in the billing zone: these raised out of decode and stopped the worker.
+        (event(time="9999-12-31T23:59:59-01:00"), "invalid_field", "time"),
+        (event(time="0001-01-01T00:00:00+01:00"), "invalid_field", "time"),
         (event(padding="x" * 70_000), "too_large", None),
         (b'{"data": ' + b"[" * 5000 + b"]" * 5000 + b"}", "bad_json", None),
         # orjson reads integers beyond 64 bits as floats: still never a quantity
@@ -221,8 +224,8 @@ def test_the_plain_path_decides_as_the_models_do(
 def test_the_plain_path_takes_the_common_shape() -> None:
     """Without this the test above would also pass if the plain path never accepted."""
     position = Position(topic="usage-events", partition=2, offset=7, log_time=LOG_TIME)
-    assert _plain_usage(orjson.loads(event()), position, PLAN) is not None
-    assert _plain_usage(orjson.loads(event(data={"quantity": 0})), position, PLAN) is None
+    assert plain_usage(orjson.loads(event()), position, PLAN) is not None
+    assert plain_usage(orjson.loads(event(data={"quantity": 0})), position, PLAN) is None
 
 
 def test_trusted_positions_equal_validated_ones() -> None:
