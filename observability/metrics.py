@@ -136,6 +136,11 @@ class WorkerMetrics:
             "metering_worker_partitions", "Partitions of the usage log this worker holds.",
             registry=registry,
         )  # fmt: skip
+        self.dedupe_entries = Gauge(
+            "metering_dedupe_entries",
+            "Dedupe keys this worker's index holds (months still open to events).",
+            registry=registry,
+        )
         self.errors = Counter(
             "metering_errors", "Errors that stopped the worker's fetch loop.", ["component"],
             registry=registry,

@@ -21,8 +21,9 @@ from projections.events import (
     UsageRecorded,
     trusted,
 )
+from projections.horizon import forgotten, past_horizon
 from projections.invoicing import close_month
-from projections.plain import PlainUsage
+from projections.plain import PlainUsage, micros
 from projections.tenant import (
     ServiceMonth,
     TenantState,
@@ -43,6 +44,7 @@ class StateView(Protocol):
     def seen(self, key: str) -> int | None: ...
     def barrier(self, key: str) -> tuple[str, ...]: ...
     def partition_closed(self, partition: int) -> tuple[str, ...]: ...
+    def horizon(self, partition: int) -> int: ...
 
 
 @dataclass
@@ -52,6 +54,7 @@ class BatchResult:
     seen: dict[str, tuple[int, str, int]] = field(default_factory=dict)
     barriers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     partition_closed: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    horizons: dict[int, int] = field(default_factory=dict)  # see `projections.horizon`
     crossings: list[ThresholdCrossed] = field(default_factory=list)
     lines: list[InvoiceLine] = field(default_factory=list)
     closes: list[MonthClosed] = field(default_factory=list)
@@ -172,6 +175,11 @@ class _Batch:
             return self.out.partition_closed[partition]
         return self.view.partition_closed(partition)
 
+    def horizon(self, partition: int) -> int:
+        if partition in self.out.horizons:
+            return self.out.horizons[partition]
+        return self.view.horizon(partition)
+
     def claimed(self, key: str) -> int | None:
         if key in self.out.seen:
             return self.out.seen[key][2]
@@ -191,6 +199,10 @@ class _Batch:
             # not (a killed worker). Only a lost dedupe entry may need writing again.
             if claimed is None:
                 self.out.seen[key] = (partition, event.month, offset)
+            return
+        if forgotten(event.month, self.horizon(partition), self.plan):
+            self.out.dead_letters.append(past_horizon(event, self.horizon(partition), self.plan))
+            self.out.outcomes[("rejected", "too_late")] += 1
             return
         if claimed is not None and claimed != offset:
             self.out.outcomes[(event.service, "duplicate")] += 1
@@ -231,6 +243,9 @@ class _Batch:
 
     def marker(self, event: CloseMarkerSeen) -> None:
         partition = event.position.partition
+        requested = micros(event.position.log_time)
+        if requested > self.horizon(partition):
+            self.out.horizons[partition] = requested
         key = f"{event.close_id}\x1f{partition}"
         before = self.out.barriers.get(key) or self.view.barrier(key)
         if self.barrier_origins <= set(before):

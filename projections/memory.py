@@ -15,6 +15,7 @@ class MemoryState:
     seen_keys: dict[str, int] = field(default_factory=dict)
     barriers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     closed: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    horizons: dict[int, int] = field(default_factory=dict)
 
     def tenant(self, tenant: str) -> TenantState | None:
         return self.tenants.get(tenant)
@@ -31,8 +32,12 @@ class MemoryState:
     def partition_closed(self, partition: int) -> tuple[str, ...]:
         return self.closed.get(partition, ())
 
+    def horizon(self, partition: int) -> int:
+        return self.horizons.get(partition, 0)
+
     def commit(self, result: BatchResult) -> None:
         self.tenants.update(result.tenants)
         self.seen_keys.update({key: offset for key, (_, _, offset) in result.seen.items()})
         self.barriers.update(result.barriers)
         self.closed.update(result.partition_closed)
+        self.horizons.update(result.horizons)

@@ -10,6 +10,7 @@ restores exactly the partitions it is assigned. Formats (keys and values are UTF
 | `{app}-seen-changelog` | `first-last/flush id` | `[[dedupe key, month, offset], ...]` |
 | `{app}-barriers-changelog` | `close id \\x1f partition` | input topics whose marker arrived |
 | `{app}-partitions-changelog` | `p<partition>` | months closed in the partition |
+| `{app}-partitions-changelog` | `h<partition>` | its horizon, µs (`projections.horizon`) |
 
 Dedupe entries are packed per flush and partition (one record instead of one per event). Each
 such record has a key of its own, so compaction never drops one: a flush repeated after a kill
@@ -29,7 +30,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from billing.plan import Plan
 from projections.batch import BatchResult
+from projections.horizon import forgotten
 from projections.tenant import TenantState
 from runtime.settings import Settings
 from streams.kafka import admin_client, read_to_end
@@ -58,10 +61,13 @@ class Store:
         self._asked: set[str] = set()
         self.barriers: dict[str, tuple[str, ...]] = {}
         self.closed: dict[int, tuple[str, ...]] = {}
+        self.horizons: dict[int, int] = {}
+        self.held: frozenset[int] = frozenset()  # the input partitions restored into it
         self._dirty_tenants: set[str] = set()
         self._new_seen: dict[int, list[tuple[str, str, int]]] = defaultdict(list)
         self._dirty_barriers: set[str] = set()
         self._dirty_closed: set[int] = set()
+        self._dirty_horizons: set[int] = set()
 
     # StateView
     def tenant(self, tenant: str) -> TenantState | None:
@@ -88,23 +94,42 @@ class Store:
     def partition_closed(self, partition: int) -> tuple[str, ...]:
         return self.closed.get(partition, ())
 
+    def horizon(self, partition: int) -> int:
+        return self.horizons.get(partition, 0)
+
     def apply(self, result: BatchResult) -> None:
         """Take a batch's result into memory; it reaches the changelog at the next flush."""
         self.tenants.update(result.tenants)
         self._dirty_tenants.update(result.tenants)
+        new_seen = self._new_seen
         for key, (partition, month, offset) in result.seen.items():
             self._known[key] = offset
-            self._new_seen[partition].append((key, month, offset))
-        self.index.add((key, offset) for key, (_, _, offset) in result.seen.items())
+            new_seen[partition].append((key, month, offset))
+        self.index.add((key, month, offset) for key, (_, month, offset) in result.seen.items())
+        self.horizons.update(result.horizons)
+        self._dirty_horizons.update(result.horizons)
         self.barriers.update(result.barriers)
         self._dirty_barriers.update(result.barriers)
         self.closed.update(result.partition_closed)
         self._dirty_closed.update(result.partition_closed)
 
+    def prune(self, plan: Plan) -> int:
+        """Drop the dedupe entries of every month that each partition held is closed to
+        (`projections.horizon`); returns how many went."""
+        if not self.held:
+            return 0
+        horizon = min(self.horizon(partition) for partition in self.held)
+        months = [month for month in self.index.months if forgotten(month, horizon, plan)]
+        return self.index.prune(months) if months else 0
+
     @property
     def dirty(self) -> bool:
         return bool(
-            self._dirty_tenants or self._new_seen or self._dirty_barriers or self._dirty_closed
+            self._dirty_tenants
+            or self._new_seen
+            or self._dirty_barriers
+            or self._dirty_closed
+            or self._dirty_horizons
         )
 
     async def flush(self, producer: AIOKafkaProducer, app_id: str) -> int:
@@ -131,7 +156,11 @@ class Store:
         for partition in self._dirty_closed:
             months = orjson.dumps(self.closed[partition])
             await put("partitions", partition, f"p{partition}", months)
+        for partition in self._dirty_horizons:
+            horizon = orjson.dumps(self.horizons[partition])
+            await put("partitions", partition, f"h{partition}", horizon)
         await asyncio.gather(*pending)
+        self._dirty_horizons.clear()
         self._dirty_tenants.clear()
         self._new_seen.clear()
         self._dirty_barriers.clear()
@@ -147,6 +176,7 @@ async def restore(
     wanted = sorted(set(partitions))
     tps = [TopicPartition(changelog(app_id, t), p) for t in TABLES for p in wanted]
     store = Store(index)
+    store.held = frozenset(wanted)
     if not tps:
         return store
     raw: dict[str, dict[bytes, bytes]] = {table: {} for table in TABLES}
@@ -156,7 +186,7 @@ async def restore(
             if record.key is None or record.value is None:
                 continue
             if name == "seen":
-                index.add((key, offset) for key, _, offset in orjson.loads(record.value))
+                index.add((key, month, offset) for key, month, offset in orjson.loads(record.value))
             else:
                 raw[name][record.key] = record.value
     _load(store, raw)
@@ -170,7 +200,11 @@ def _load(store: Store, raw: dict[str, dict[bytes, bytes]]) -> None:
     for key, value in raw["barriers"].items():
         store.barriers[key.decode()] = tuple(orjson.loads(value))
     for key, value in raw["partitions"].items():
-        store.closed[int(key.decode()[1:])] = tuple(orjson.loads(value))
+        kind, partition = key[:1], int(key.decode()[1:])
+        if kind == b"h":
+            store.horizons[partition] = int(orjson.loads(value))
+        else:
+            store.closed[partition] = tuple(orjson.loads(value))
 
 
 async def ensure_changelogs(settings: Settings) -> None:

@@ -147,6 +147,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
                 self._store = await restore(restorer, self.settings.app_id, partitions, index)
             finally:
                 await restorer.stop()
+            self.prune()
             log.info("assigned partitions %s: %s", sorted(partitions), self.store_summary())
             held = sum(1 for tp in assigned if tp.topic == self.topics.usage)
             self.metrics.partitions_held.set(held)
@@ -158,6 +159,11 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
             self._index.close()
         self._index = SeenIndex(index_path(self.settings.data_dir, self.settings.app_id))
         return self._index
+
+    def prune(self) -> None:
+        if dropped := self.store.prune(self.plan):
+            log.info("pruned %d dedupe keys of months closed to events", dropped)
+        self.metrics.dedupe_entries.set(self.store.index.count)
 
     def store_summary(self) -> str:
         return f"{len(self.store.tenants)} tenants, {self.store.index.count} dedupe keys"
@@ -200,6 +206,9 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
             result.outcomes.update(moved)
             await self.send(result)
             self.store.apply(result)
+            if result.horizons:
+                self.prune()
+            self.metrics.dedupe_entries.set(self.store.index.count)
             self.metrics.observe(here, result, dt.datetime.now(dt.UTC))
             if result.closes:
                 log.info("closed %s", ", ".join(f"{c.month} p{c.partition}" for c in result.closes))

@@ -54,8 +54,9 @@ def _agrees(value: bytes, log_ms: int) -> PlainUsage | None:
 @given(
     type_=types.filter(lambda t: isinstance(t, str) and t.startswith("metering.")),
     amount=st.integers(0, 10**12),
-    changes=st.dictionaries(st.sampled_from(sorted(MUTATIONS)), st.just(_DELETE), max_size=2)
-    .flatmap(
+    changes=st.dictionaries(
+        st.sampled_from(sorted(MUTATIONS)), st.just(_DELETE), max_size=2
+    ).flatmap(
         lambda picked: st.fixed_dictionaries(
             {k: st.one_of(st.just(_DELETE), MUTATIONS[k]) for k in picked}
         )
@@ -115,17 +116,20 @@ def test_every_instant_gets_the_month_its_zone_gives_it(
     base = dt.datetime.fromtimestamp(seconds, dt.UTC)
     local = base.astimezone(decoder.zone)
     boundary = dt.datetime(local.year, local.month, 1, tzinfo=decoder.zone)
-    for at in (base + dt.timedelta(microseconds=micros), boundary + dt.timedelta(microseconds=shift)):
+    for at in (
+        base + dt.timedelta(microseconds=micros),
+        boundary + dt.timedelta(microseconds=shift),
+    ):
         for _ in range(2):  # computed, then looked up
             assert decoder.month(at, at - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) == month_of(
                 at, decoder.zone
             )
 
 
+SOME_TYPES = ["metering.storage.measured", "metering.mailing.sent", "metering.form.submitted"]
 usage_events = st.lists(
     st.tuples(
-        st.sampled_from(sorted({"metering.storage.measured", "metering.mailing.sent",
-                                "metering.form.submitted"})),  # fmt: skip
+        st.sampled_from(SOME_TYPES),
         st.integers(1, 3000),  # amount
         st.integers(0, 3),  # tenant
         st.integers(0, 25),  # id: collisions make duplicates

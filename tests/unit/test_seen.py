@@ -8,29 +8,59 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from projections.batch import BatchResult
+from streams import seen
 from streams.seen import SeenIndex, index_path
 from streams.store import Store
 
 
 def test_entries_are_facts_a_repeat_does_not_change(tmp_path: Path) -> None:
-    index = SeenIndex(tmp_path / "seen.sqlite")
-    index.add([("t1\x1fcrm\x1fa", 5), ("t1\x1fcrm\x1fb", 6)])
-    index.add([("t1\x1fcrm\x1fa", 99)])  # claimed again after a restart: the first claim stays
+    index = SeenIndex(tmp_path / "seen")
+    index.add([("t1\x1fcrm\x1fa", "2026-10", 5), ("t1\x1fcrm\x1fb", "2026-11", 6)])
+    # claimed again after a restart, even under another month: the first claim stays
+    index.add([("t1\x1fcrm\x1fa", "2026-10", 99), ("t1\x1fcrm\x1fa", "2026-11", 98)])
     assert index.get("t1\x1fcrm\x1fa") == 5 and index.get("nope") is None
     assert index.get_many(["t1\x1fcrm\x1fb", "nope", "t1\x1fcrm\x1fa"] * 400) == {
         "t1\x1fcrm\x1fa": 5,
         "t1\x1fcrm\x1fb": 6,
     }
-    assert index.count == 2
+    assert index.count == 2 and index.months == ["2026-10", "2026-11"]
     index.close()
-    assert not (tmp_path / "seen.sqlite").exists()
+    assert not (tmp_path / "seen").exists()
+
+
+def test_a_month_is_pruned_whole_and_the_others_stay_exact(tmp_path: Path) -> None:
+    index = SeenIndex(tmp_path / "seen")
+    months = ["2026-08", "2026-09", "2026-10"]
+    index.add((f"k{n}", months[n % 3], n) for n in range(30_000))
+    assert index.prune(["2026-08", "2026-12"]) == 10_000
+    assert index.months == ["2026-09", "2026-10"] and index.count == 20_000
+    found = index.get_many(f"k{n}" for n in range(30_000))
+    assert found == {f"k{n}": n for n in range(30_000) if n % 3}
+    index.add([("k0", "2026-10", 7)])  # forgotten, so claimable again
+    assert index.get("k0") == 7
+    index.close()
+
+
+def test_a_filter_that_fills_up_grows_and_misses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(seen, "FIRST_CAPACITY", 1000)
+    index = SeenIndex(tmp_path / "seen")
+    for start in range(0, 20_000, 700):  # batches, as the worker adds them
+        index.add((f"k{n}", "2026-10", n) for n in range(start, min(start + 700, 20_000)))
+    assert index.get_many(f"k{n}" for n in range(20_000)) == {f"k{n}": n for n in range(20_000)}
+    # Still near 1 % false positives: few keys that were never added are read from disk.
+    filters = index._filters["2026-10"]
+    assert sum(f"other-{n}" in filters for n in range(10_000)) < 300
+    index.close()
 
 
 def test_a_batch_sees_its_prefetched_keys_and_what_it_claims(tmp_path: Path) -> None:
-    store = Store(SeenIndex(tmp_path / "seen.sqlite"))
-    store.index.add([("old", 1)])
+    store = Store(SeenIndex(tmp_path / "seen"))
+    store.index.add([("old", "2026-10", 1)])
     store.prefetch(["old", "new"])
     assert store.seen("old") == 1 and store.seen("new") is None
     store.apply(BatchResult(seen={"new": (0, "2026-10", 7)}))
@@ -43,13 +73,16 @@ def test_a_batch_sees_its_prefetched_keys_and_what_it_claims(tmp_path: Path) -> 
 def test_index_files_of_dead_workers_are_removed(tmp_path: Path) -> None:
     folder = tmp_path / "worker"
     folder.mkdir()
-    dead = folder / "app.999999999.seen.sqlite"
-    alive = folder / f"app.{os.getppid()}.seen.sqlite"
-    other = folder / "other.999999999.seen.sqlite"
+    dead = folder / "app.999999999.seen"
+    alive = folder / f"app.{os.getppid()}.seen"
+    other = folder / "other.999999999.seen"
+    older = folder / "app.999999998.seen.sqlite"  # as versions before the RocksDB index left it
     for path in (dead, alive, other):
-        path.write_text("")
-    assert index_path(tmp_path, "app") == folder / f"app.{os.getpid()}.seen.sqlite"
-    assert not dead.exists() and alive.exists() and other.exists()
+        path.mkdir()
+        (path / "CURRENT").write_text("")
+    older.write_text("")
+    assert index_path(tmp_path, "app") == folder / f"app.{os.getpid()}.seen"
+    assert not dead.exists() and not older.exists() and alive.exists() and other.exists()
 
 
 class RecordingProducer:
@@ -66,7 +99,7 @@ class RecordingProducer:
 
 
 async def test_a_busy_flush_splits_dedupe_entries_below_the_message_limit(tmp_path: Path) -> None:
-    store = Store(SeenIndex(tmp_path / "seen.sqlite"))
+    store = Store(SeenIndex(tmp_path / "seen"))
     claims = {
         f"tenant-{n % 97}\x1fcrm/chat\x1f{'x' * 40}-{n}": (3, "2026-10", n) for n in range(20_001)
     }
