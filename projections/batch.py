@@ -146,6 +146,7 @@ class _Batch:
         self.barrier_origins = barrier_origins
         self.out = BatchResult()
         self.counting: dict[str, _Counting] = {}
+        self._closed_to: dict[tuple[str, int], bool] = {}
 
     def settle(self) -> None:
         for tenant in list(self.counting):
@@ -175,6 +176,14 @@ class _Batch:
             return self.out.partition_closed[partition]
         return self.view.partition_closed(partition)
 
+    def closed_to(self, month: str, partition: int) -> bool:
+        """`projections.horizon.forgotten`, remembered per batch until a marker moves it."""
+        key = (month, partition)
+        closed = self._closed_to.get(key)
+        if closed is None:
+            closed = self._closed_to[key] = forgotten(month, self.horizon(partition), self.plan)
+        return closed
+
     def horizon(self, partition: int) -> int:
         if partition in self.out.horizons:
             return self.out.horizons[partition]
@@ -200,7 +209,7 @@ class _Batch:
             if claimed is None:
                 self.out.seen[key] = (partition, event.month, offset)
             return
-        if forgotten(event.month, self.horizon(partition), self.plan):
+        if self.closed_to(event.month, partition):
             self.out.dead_letters.append(past_horizon(event, self.horizon(partition), self.plan))
             self.out.outcomes[("rejected", "too_late")] += 1
             return
@@ -246,6 +255,7 @@ class _Batch:
         requested = micros(event.position.log_time)
         if requested > self.horizon(partition):
             self.out.horizons[partition] = requested
+            self._closed_to.clear()
         key = f"{event.close_id}\x1f{partition}"
         before = self.out.barriers.get(key) or self.view.barrier(key)
         if self.barrier_origins <= set(before):

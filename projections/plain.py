@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Any
+from typing import Any, Literal
 
-import orjson
+import msgspec
 
 from billing.plan import Plan
 from projections.events import Position, UsageRecorded, dedupe_key, trusted
@@ -97,6 +97,19 @@ class PlainUsage:
         return f"PlainUsage({self.recorded()!r})"
 
 
+class _Shape(msgspec.Struct):
+    """The attributes the common shape has, typed; the models allow others (extensions),
+    so unknown ones are skipped, as the plain path's dict lookups skip them."""
+
+    specversion: Literal["1.0"]
+    type: str
+    id: str
+    source: str
+    subject: str
+    time: str
+    data: dict[str, Any]
+
+
 class PlainDecoder:
     """Decodes the common shape against one plan, remembering what every record would
     otherwise work out again: each event type's row, each month's bounds and plan."""
@@ -108,6 +121,7 @@ class PlainDecoder:
         self.types = {
             spec.event_type: (spec.name, spec.field, *spec.bounds) for spec in plan.catalog.services
         }
+        self._shape = msgspec.json.Decoder(_Shape)
         self._steps: dict[int, str | None] = {}
         # month -> the first log time (µs) at which it is past its retention window, or None
         # when no plan version is in force for it
@@ -140,34 +154,51 @@ class PlainDecoder:
     def decode(
         self, value: bytes | None, topic: str, partition: int, offset: int, log_ms: int
     ) -> PlainUsage | None:
-        """A record's value (structured mode, no headers), or None for the full path."""
+        """A record's value (structured mode, no headers), or None for the full path.
+
+        Parsed by msgspec straight into `_Shape` (typed in C, other attributes skipped):
+        half the cost of a dict and its lookups. Where msgspec and orjson differ, msgspec
+        refuses (it nests less deep), and a refusal only sends the record the full way."""
         if not value or len(value) > MAX_EVENT_BYTES:
             return None
         try:
-            obj = orjson.loads(value)
-        except orjson.JSONDecodeError:
+            event = self._shape.decode(value)
+        except (msgspec.DecodeError, RecursionError):  # msgspec: too deep is a RecursionError
             return None
-        return self.usage(obj, (topic, partition, offset, log_ms * 1000))
+        where = (topic, partition, offset, log_ms * 1000)
+        return self.judge(
+            event.type, event.id, event.source, event.subject, event.time, event.data, where
+        )
 
     def usage(self, obj: Any, where: tuple[str, int, int, int]) -> PlainUsage | None:
         """`obj` (a parsed event) read at `where` (topic, partition, offset, log time in
         µs), if it has the common shape and passes the time rules; else None."""
         if type(obj) is not dict or obj.get("specversion") != "1.0":
             return None
-        type_ = obj.get("type")
-        row = self.types.get(type_) if type(type_) is str else None
-        id_, source, subject, time, data = (
-            obj.get("id"), obj.get("source"), obj.get("subject"), obj.get("time"),
-            obj.get("data"),
+        type_, id_, source, subject, time, data = (
+            obj.get("type"), obj.get("id"), obj.get("source"), obj.get("subject"),
+            obj.get("time"), obj.get("data"),
         )  # fmt: skip
         if (
-            row is None
-            or type(id_) is not str or len(id_) not in _NAME_LENGTH
-            or type(source) is not str or len(source) not in _NAME_LENGTH
-            or type(subject) is not str or len(subject) not in _NAME_LENGTH
-            or type(time) is not str or not _PLAIN_TIME.fullmatch(time)
-            or type(data) is not dict or len(data) != 1
+            type(type_) is not str or type(id_) is not str or type(source) is not str
+            or type(subject) is not str or type(time) is not str or type(data) is not dict
         ):  # fmt: skip
+            return None
+        return self.judge(type_, id_, source, subject, time, data, where)
+
+    def judge(
+        self, type_: str, id_: str, source: str, subject: str, time: str,
+        data: dict[str, Any], where: tuple[str, int, int, int],
+    ) -> PlainUsage | None:  # fmt: skip
+        row = self.types.get(type_)
+        if (
+            row is None
+            or len(id_) not in _NAME_LENGTH
+            or len(source) not in _NAME_LENGTH
+            or len(subject) not in _NAME_LENGTH
+            or not _PLAIN_TIME.fullmatch(time)
+            or len(data) != 1
+        ):
             return None
         service, field, low, high = row
         amount = data.get(field)

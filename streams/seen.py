@@ -90,11 +90,12 @@ class SeenIndex:
                 found[key] = _offset(value)
         return found
 
-    def add(self, entries: Iterable[tuple[str, str, int]]) -> None:
+    def add(self, entries: Iterable[tuple[str, str, int]], fresh: bool = False) -> None:
         """Record (dedupe key, usage month, offset) entries. An entry is a fact that never
-        changes: a key already held keeps its first offset."""
+        changes: a key already held keeps its first offset. `fresh`: the caller knows that
+        none is held (a fold claims only keys it looked up), so none is looked up again."""
         entries = list(entries)
-        held = self.get_many(key for key, _, _ in entries)
+        held = {} if fresh else self.get_many(key for key, _, _ in entries)
         batch = WriteBatch(raw_mode=True)
         by_month: dict[str, list[str]] = defaultdict(list)
         for key, month, offset in entries:

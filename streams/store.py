@@ -105,7 +105,10 @@ class Store:
         for key, (partition, month, offset) in result.seen.items():
             self._known[key] = offset
             new_seen[partition].append((key, month, offset))
-        self.index.add((key, month, offset) for key, (_, month, offset) in result.seen.items())
+        # Fresh: the fold claims a key only where `seen` found none.
+        self.index.add(
+            ((key, month, offset) for key, (_, month, offset) in result.seen.items()), fresh=True
+        )
         self.horizons.update(result.horizons)
         self._dirty_horizons.update(result.horizons)
         self.barriers.update(result.barriers)

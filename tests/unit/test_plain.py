@@ -90,6 +90,19 @@ def test_the_fast_lane_takes_the_common_shape_and_declines_raw_oddities() -> Non
     padded = orjson.dumps({**good, "pad": "x" * MAX_EVENT_BYTES})
     for value in (b"", b"{", b"[]", b"null", padded, "\u00e9".encode("latin-1")):
         assert _agrees(value, _log_ms(1)) is None
+    # Where msgspec and orjson could part ways, the lane agrees with the models or declines.
+    text = orjson.dumps(good)[:-1]
+    for extra, taken in [
+        (b',"id":"e2"', True),  # a repeated attribute: the last one counts, as in orjson
+        (b',"x":"\\ud800"', False),  # a lone surrogate: not JSON text
+        (b',"x":NaN', False),
+        (b',"x":18446744073709551617', True),
+        (b',"x":"\\u0000"', True),
+        *[(b',"x":' + b"[" * depth + b"]" * depth, depth < 900) for depth in (899, 1023, 1024)],
+    ]:
+        assert (_agrees(text + extra + b"}", _log_ms(1)) is not None) is taken, extra[:20]
+    repeated = _agrees(text + b',"id":"e2"}', _log_ms(1))
+    assert repeated is not None and repeated.id == "e2"
     # Past the retention window, five minutes in the future, no plan, out of range: declined.
     for time in ("2026-10-10T12:00:00Z", "2026-10-20T12:05:01Z", "1999-01-01T00:00:00Z",
                  "9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00"):  # fmt: skip
