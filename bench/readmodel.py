@@ -1,9 +1,11 @@
-"""Read-model benchmark: projector throughput (Kafka -> DuckDB) and audit time.
+"""Read-model benchmark: projector throughput (Kafka -> DuckDB), audit time, and what a
+tenant's reads (usage, 12-month history, the Licences page) take on the archive.
 
 Baselines from the same run, on the same rows:
 - a plain aiokafka consumer reading the same topic (what Kafka alone costs),
 - DuckDB's own bulk load of the same rows from Parquet (what DuckDB alone costs),
-- a single GROUP BY scan of the raw archive (the least an audit must read).
+- a single GROUP BY scan of the raw archive (the least an audit must read),
+- a count of one tenant's raw events (the least a tenant's read must find).
 
     python -m bench.readmodel --events 10000000     # the full run (make bench)
     python -m bench.readmodel --quick               # 20,000 events, for CI
@@ -29,7 +31,7 @@ from bench.report import report
 from billing.plan import load_plan
 from metering.broker import start_broker
 from metering.generate import generate_month
-from projections.months import month_of, previous_month
+from projections.months import month_of, months_until, previous_month
 from readmodel import queries
 from runtime.settings import Settings
 from streams.kafka import (
@@ -41,6 +43,7 @@ from streams.kafka import (
     read_to_end,
 )
 from streams.projector import Projector
+from web.routes import page_data
 
 
 async def produce(settings: Settings, events: int, month: str) -> int:
@@ -86,6 +89,35 @@ def timed(fn: Any) -> tuple[Any, float]:
     started = time.perf_counter()
     result = fn()
     return result, time.perf_counter() - started
+
+
+def read_latencies(
+    cur: duckdb.DuckDBPyConnection, month: str, tenants: int = 40
+) -> dict[str, float]:
+    """p50 and p99 in ms of what a tenant's reads cost the read model, each over `tenants`
+    tenants drawn at random, twice: the usage endpoint (one month), the 12-month history,
+    and everything the Licences page reads (`web.routes.page_data`). The baseline is one
+    indexed-free point read of the same tenant's raw events (`count(*)`)."""
+    drawn = cur.execute(
+        "SELECT DISTINCT subject FROM (FROM raw_events USING SAMPLE reservoir(?) REPEATABLE (7))",
+        [tenants],
+    ).fetchall()
+    names = [row[0] for row in drawn] * 2
+    first = months_until(month, 12)[0]
+    reads: dict[str, Any] = {
+        "usage": lambda t: queries.usage(cur, t, month),
+        "history": lambda t: queries.usage_history(cur, t, first, month),
+        "licences_page": lambda t: page_data(cur, t, first, month),
+        "baseline_tenant_scan": lambda t: cur.execute(
+            "SELECT count(*) FROM raw_events WHERE subject = ?", [t]
+        ).fetchall(),
+    }
+    figures: dict[str, float] = {}
+    for name, read in reads.items():
+        took = sorted(timed(lambda t=tenant, r=read: r(t))[1] * 1000 for tenant in names)  # type: ignore[misc]
+        figures[f"read_{name}_p50_ms"] = took[len(took) // 2]
+        figures[f"read_{name}_p99_ms"] = took[min(len(took) - 1, int(len(took) * 0.99))]
+    return figures
 
 
 def run(events: int, bootstrap: str | None, workdir: Path) -> dict[str, Any]:
@@ -136,6 +168,7 @@ def run(events: int, bootstrap: str | None, workdir: Path) -> dict[str, Any]:
                 ).fetchall()
             )
             diffs, audit_s = timed(lambda: queries.audit(cur, month, settings.topics.usage))
+            reads = read_latencies(cur, month)
         projector.close()
         return {
             "events": sent,
@@ -150,6 +183,7 @@ def run(events: int, bootstrap: str | None, workdir: Path) -> dict[str, Any]:
             "audit_tenant_services": len(diffs),
             "baseline_scan_seconds": scan_s,
             "audit_vs_scan": audit_s / scan_s,
+            **reads,
         }
     finally:
         if broker is not None:

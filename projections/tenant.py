@@ -138,7 +138,7 @@ class Triggers:
         return trigger
 
 
-@functools.lru_cache(maxsize=65_536)
+@functools.lru_cache(maxsize=16_384)
 def crossing_id(tenant: str, service: Service, month: str, level: str, n: int | None) -> str:
     # Remembered: every trigger a batch works out asks for the same few ids (a uuid5 each).
     return stable_id("crossing", tenant, service, month, level, str(n or ""))

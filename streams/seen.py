@@ -9,9 +9,10 @@ drops the month whole.
   appends a batch of keys at a fraction of a B-tree's cost once the index outgrows memory
   (SQLite took 6 µs per key at 2M keys, RocksDB 1.6 µs), and a month is one key range to
   delete.
-- In front of each month sits a Bloom filter (`rbloom`, ~1.2 bytes per key at 1 % false
-  positives): a key that no month's filter holds is new, and is never read from disk. Only
-  the ~2 % duplicates and the false positives are looked up, so the index stays exact.
+- In front of each month sit Bloom filters (`rbloom`, a new one twice the size when the last
+  is full: ~2.4 bytes per key, each at 0.5 % false positives): a key that no month's filters
+  hold is new, and is never read from disk. Only the ~2 % duplicates and the false positives
+  are looked up, so the index stays exact.
 
 The directory is a disposable index of the `seen` changelog: a worker builds a new one each
 time it is given partitions and deletes it when it stops. It is never the source of truth, so
@@ -30,15 +31,44 @@ from pathlib import Path
 from rbloom import Bloom
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
-CACHE_BYTES = 32 << 20  # RocksDB's block cache: the memory reads may use
-WRITE_BUFFER_BYTES = 16 << 20  # per memtable (two at most): the memory writes may use
-FIRST_CAPACITY = 1 << 20  # keys a month's filter is made for; it grows fourfold when full
-FALSE_POSITIVES = 0.01
+# Reads are rare (a key some filter holds): a small block cache serves them, and bounds the
+# index and filter blocks of the files too (`set_cache_index_and_filter_blocks`).
+CACHE_BYTES = 8 << 20
+WRITE_BUFFER_BYTES = 8 << 20  # per memtable (two at most): the memory writes may use
+FIRST_CAPACITY = 1 << 18  # keys a month's first filter is made for; each next one holds twice
+FALSE_POSITIVES = 0.005  # per filter: a month of n keys has log2(n / FIRST_CAPACITY) + 1
 _SEP = "\x1f"
 
 
 def _offset(value: bytes) -> int:
     return int.from_bytes(value, "little", signed=True)
+
+
+class _Filters:
+    """A month's Bloom filters, a scalable Bloom filter: when the newest is full, another
+    twice its size is started. No filter is ever rebuilt from disk, and memory stays ~2.4
+    bytes per key (the newest filter is at most half full)."""
+
+    __slots__ = ("blooms", "capacity", "count")
+
+    def __init__(self) -> None:
+        self.blooms: list[Bloom] = []
+        self.capacity = 0  # of the newest filter
+        self.count = 0  # keys in the newest filter
+
+    def __contains__(self, key: str) -> bool:
+        return any(key in bloom for bloom in self.blooms)
+
+    def update(self, keys: list[str]) -> None:
+        while keys:
+            if self.count >= self.capacity:
+                self.capacity = 2 * self.capacity if self.blooms else FIRST_CAPACITY
+                self.blooms.append(Bloom(self.capacity, FALSE_POSITIVES))
+                self.count = 0
+            room = self.capacity - self.count
+            taken, keys = keys[:room], keys[room:]
+            self.blooms[-1].update(taken)
+            self.count += len(taken)
 
 
 class SeenIndex:
@@ -53,15 +83,18 @@ class SeenIndex:
         table = BlockBasedOptions()
         table.set_bloom_filter(10, False)
         table.set_block_cache(Cache(CACHE_BYTES))
+        # Index and filter blocks live in the cache too, so the index's memory is bounded by
+        # it instead of growing with every file written.
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
         options.set_block_based_table_factory(table)
         self._db = Rdict(str(path), options)
         writes = WriteOptions()
         # A property at run time, though the stubs call it a method.
         writes.disable_wal = True  # type: ignore[method-assign, assignment]
         self._db.set_write_options(writes)
-        self._filters: dict[str, Bloom] = {}
+        self._filters: dict[str, _Filters] = {}
         self._counts: dict[str, int] = defaultdict(int)
-        self._capacity: dict[str, int] = {}
         self.count = 0
 
     @property
@@ -78,8 +111,8 @@ class SeenIndex:
         wanted = [
             (key, f"{month}{_SEP}{key}".encode())
             for key in keys
-            for month, bloom in filters
-            if key in bloom
+            for month, held in filters
+            if key in held
         ]
         if not wanted:
             return {}
@@ -106,34 +139,9 @@ class SeenIndex:
             batch.put(f"{month}{_SEP}{key}".encode(), offset.to_bytes(8, "little", signed=True))
         self._db.write(batch)
         for month, keys in by_month.items():
-            self._filter(month, len(keys)).update(keys)
+            self._filters.setdefault(month, _Filters()).update(keys)
             self._counts[month] += len(keys)
             self.count += len(keys)
-
-    def _filter(self, month: str, adding: int) -> Bloom:
-        """The month's filter, made for the keys about to be added; when they would
-        overfill it, a filter four times that size is made from the month's keys on disk,
-        so that false positives stay near 1 % (amortised, a fraction of a µs per key)."""
-        needed = self._counts[month] + adding
-        bloom = self._filters.get(month)
-        if bloom is None or needed > self._capacity[month]:
-            capacity = max(FIRST_CAPACITY, needed if bloom is None else 4 * needed)
-            bloom = Bloom(capacity, FALSE_POSITIVES)
-            if month in self._filters:
-                bloom.update(key.decode()[len(month) + 1 :] for key in self._keys(month))
-            self._filters[month], self._capacity[month] = bloom, capacity
-        return bloom
-
-    def _keys(self, month: str) -> Iterable[bytes]:
-        prefix = f"{month}{_SEP}".encode()
-        it = self._db.iter()
-        it.seek(prefix)
-        while it.valid():
-            key = it.key()
-            if not key.startswith(prefix):
-                break
-            yield key
-            it.next()
 
     def prune(self, months: Iterable[str]) -> int:
         """Drop every entry of `months`; returns how many there were."""
@@ -142,7 +150,7 @@ class SeenIndex:
             if month not in self._filters:
                 continue
             self._db.delete_range(f"{month}{_SEP}".encode(), f"{month}{chr(0x1F + 1)}".encode())
-            del self._filters[month], self._capacity[month]
+            del self._filters[month]
             dropped += self._counts.pop(month, 0)
         self.count -= dropped
         return dropped

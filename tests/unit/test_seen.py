@@ -52,8 +52,11 @@ def test_a_filter_that_fills_up_grows_and_misses_nothing(
     for start in range(0, 20_000, 700):  # batches, as the worker adds them
         index.add((f"k{n}", "2026-10", n) for n in range(start, min(start + 700, 20_000)))
     assert index.get_many(f"k{n}" for n in range(20_000)) == {f"k{n}": n for n in range(20_000)}
-    # Still near 1 % false positives: few keys that were never added are read from disk.
     filters = index._filters["2026-10"]
+    # 1,000 + 2,000 + 4,000 + 8,000 + 16,000: none holds more than it was made for.
+    assert all(b.approx_items <= 1.1 * 1000 * 2**n for n, b in enumerate(filters.blooms))
+    assert len(filters.blooms) == 5
+    # Still few false positives: few keys that were never added would be read from disk.
     assert sum(f"other-{n}" in filters for n in range(10_000)) < 300
     index.close()
 
