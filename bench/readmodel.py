@@ -114,7 +114,7 @@ def read_latencies(
     }
     figures: dict[str, float] = {}
     for name, read in reads.items():
-        took = sorted(timed(lambda t=tenant, r=read: r(t))[1] * 1000 for tenant in names)  # type: ignore[misc]
+        took = sorted(timed(lambda t=tenant, r=read: r(t))[1] * 1000 for tenant in names)
         figures[f"read_{name}_p50_ms"] = took[len(took) // 2]
         figures[f"read_{name}_p99_ms"] = took[min(len(took) - 1, int(len(took) * 0.99))]
     return figures
