@@ -10,8 +10,9 @@ Phases, all on one local broker:
    every input offset and the read model holds every usage record;
 2. baseline: a plain aiokafka consumer reading the usage topic from the start and decoding
    every record with orjson (what Kafka and JSON alone cost);
-3. latency: usage produced at a steady rate; from each send to the record being visible in
-   the read model's `usage` (polled every 10 ms), and the worker's own lag histogram;
+3. latency: usage produced at steady rates (`--rate`, one run each); from each send to the
+   record being visible in the read model's `usage` (polled every 10 ms), and the worker's
+   own lag histogram;
 4. replay: a worker with a new group and empty state rebuilds everything from the log;
 5. memory: a fresh worker's peak and current RSS after each of the memory points (same
    tenants, one month, more events).
@@ -315,9 +316,13 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             figures[f"{name}_vs_baseline"] = (
                 figures[f"{name}_events_per_s"] / figures["baseline_events_per_s"]
             )
-        say(f"latency at {args.rate:,.0f} events/s for {args.seconds:g} s")
-        watch = Watch(settings, api_url)
-        figures.update(asyncio.run(latency(settings, load, watch, worker, args.rate, args.seconds)))
+        for rate in args.rate:
+            say(f"latency at {rate:,.0f} events/s for {args.seconds:g} s")
+            watch = Watch(settings, api_url)
+            measured = asyncio.run(latency(settings, load, watch, worker, rate, args.seconds))
+            # The first rate keeps the plain names (earlier results compare), others are tagged.
+            tag = "" if rate == args.rate[0] else f"_at_{rate:.0f}"
+            figures.update({f"{name}{tag}": value for name, value in measured.items()})
         worker.stop()
         components.remove(worker)
         say("replay")
@@ -349,7 +354,11 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=2_000_000, help="usage events end to end")
     parser.add_argument("--tenants", type=int, default=10_000)
     parser.add_argument("--partitions", type=int, default=8)
-    parser.add_argument("--rate", type=float, default=10_000, help="events/s for the latency run")
+    parser.add_argument(
+        "--rate", type=lambda s: [float(x) for x in s.split(",")], default=[10_000, 30_000],
+        help="comma-separated events/s of the latency runs, one after another (default "
+        "10000,30000)",
+    )  # fmt: skip
     parser.add_argument("--seconds", type=float, default=30, help="length of the latency run")
     parser.add_argument(
         "--memory", type=lambda s: [int(x) for x in s.split(",")],
@@ -362,11 +371,11 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument(
         "--quick", action="store_true",
-        help="20,000 events, 200 tenants, 3 s at 2,000/s, memory at 10,000 and 40,000",
+        help="20,000 events, 200 tenants, 3 s at 2,000/s and 4,000/s, memory at 10,000 and 40,000",
     )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
-        args.events, args.tenants, args.rate, args.seconds = 20_000, 200, 2_000, 3
+        args.events, args.tenants, args.rate, args.seconds = 20_000, 200, [2_000, 4_000], 3
         args.memory = [10_000, 40_000]
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         figures = run(args, Path(tmp))

@@ -4,10 +4,8 @@ forgets the month's dedupe keys, without ever counting a duplicate twice."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from pathlib import Path
-from typing import Any
 
 import orjson
 
@@ -18,6 +16,7 @@ from projections.memory import MemoryState
 from projections.months import month_end
 from streams.seen import SeenIndex
 from streams.store import Store
+from tests.unit.test_seen import RecordingProducer
 
 PLAN = load_plan()
 UTC = dt.UTC
@@ -90,17 +89,6 @@ def micros_of(time: dt.datetime) -> int:
     return (time - dt.datetime(1970, 1, 1, tzinfo=UTC)) // dt.timedelta(microseconds=1)
 
 
-class Recording:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes, bytes, int]] = []
-
-    async def send(self, topic: str, value: bytes, key: bytes, partition: int) -> Any:
-        self.sent.append((topic, key, value, partition))
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
-
 async def test_keys_go_once_every_partition_held_is_past_the_month(tmp_path: Path) -> None:
     store = Store(SeenIndex(tmp_path / "seen"))
     store.held = frozenset({0, 1})
@@ -116,7 +104,7 @@ async def test_keys_go_once_every_partition_held_is_past_the_month(tmp_path: Pat
     assert store.prune(PLAN) == 0  # partition 1 has not seen such a close yet
     store.apply(fold_batch([marker(6, late, partition=1)], store, PLAN, BARRIER))
     assert store.prune(PLAN) == 1 and store.index.months == ["2027-01"]
-    producer = Recording()
+    producer = RecordingProducer()
     await store.flush(producer, "app")  # type: ignore[arg-type]
     horizons = {key: value for topic, key, value, _ in producer.sent if key.startswith(b"h")}
     assert horizons == {b"h0": str(micros_of(late)).encode(), b"h1": str(micros_of(late)).encode()}

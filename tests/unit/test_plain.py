@@ -19,7 +19,7 @@ from projections.memory import MemoryState
 from projections.months import month_of
 from projections.plain import MAX_EVENT_BYTES, PlainDecoder, PlainUsage, plain_decoder
 from projections.tenant import Triggers
-from tests.unit.test_decode import _DELETE, MUTATIONS, types
+from tests.unit.test_decode import log_days, mutated_events
 
 PLAN = load_plan()
 TOPIC = "usage-events"
@@ -51,32 +51,11 @@ def _agrees(value: bytes, log_ms: int) -> PlainUsage | None:
 
 
 @settings(max_examples=1500, deadline=None)
-@given(
-    type_=types.filter(lambda t: isinstance(t, str) and t.startswith("metering.")),
-    amount=st.integers(0, 10**12),
-    changes=st.dictionaries(
-        st.sampled_from(sorted(MUTATIONS)), st.just(_DELETE), max_size=2
-    ).flatmap(
-        lambda picked: st.fixed_dictionaries(
-            {k: st.one_of(st.just(_DELETE), MUTATIONS[k]) for k in picked}
-        )
-    ),
-    log_day=st.sampled_from([1, 20]),
-)
+@given(value=mutated_events, log_day=log_days)
 def test_the_fast_lane_accepts_only_what_the_models_accept_alike(
-    type_: str, amount: int, changes: dict[str, object], log_day: int
+    value: bytes, log_day: int
 ) -> None:
-    field = "bytes" if type_ == "metering.storage.measured" else "quantity"
-    obj: dict[str, object] = {
-        "specversion": "1.0", "id": "e1", "source": "crm/mail", "type": type_,
-        "subject": "tenant-1", "time": "2026-10-10T12:00:00Z", "data": {field: amount},
-    }  # fmt: skip
-    for key, change in changes.items():
-        if change is _DELETE:
-            obj.pop(key, None)
-        elif change is not None:
-            obj[key] = change
-    _agrees(orjson.dumps(obj), _log_ms(log_day))
+    _agrees(value, _log_ms(log_day))
 
 
 def test_the_fast_lane_takes_the_common_shape_and_declines_raw_oddities() -> None:
