@@ -196,22 +196,21 @@ class _Batch:
 
     def usage(self, event: Usage) -> None:
         key, offset, partition = event.dedupe_key, event.offset, event.partition
-        if event.copy_key is not None and self.copied_again(event, event.copy_key):
-            return
         counting = self.counting.get(event.tenant)
         if counting is None:
             counting = _Counting(self.state(event.tenant, partition))
             self.counting[event.tenant] = counting
+        if self.past_horizon(event, counting):
+            return
+        if event.copy_key is not None and self.copied_again(event, event.copy_key):
+            return
         claimed = self.claimed(key)
         if offset <= counting.applied:
             # Already in the tenant's state: the state was written, the offset commit was
-            # not (a killed worker). Only a lost dedupe entry may need writing again.
-            if claimed is None:
+            # not (a killed worker). Only a lost dedupe entry may need writing again (not
+            # one of a month forgotten since).
+            if claimed is None and not self.closed_to(event.month, partition):
                 self.out.seen[key] = (partition, event.month, offset)
-            return
-        if self.closed_to(event.month, partition):
-            self.out.dead_letters.append(past_horizon(event, self.horizon(partition), self.plan))
-            self.out.outcomes[("rejected", "too_late")] += 1
             return
         if claimed is not None and claimed != offset:
             self.out.outcomes[(event.service, "duplicate")] += 1
@@ -223,6 +222,20 @@ class _Batch:
             self.out.crossings.extend(crossings)
         self.out.outcomes[(event.service, "accepted")] += 1
 
+    def past_horizon(self, event: Usage, counting: _Counting) -> bool:
+        """Turn the event away if its month is closed to events in its partition
+        (`projections.horizon`). Decided before anything the dedupe index holds, which a
+        worker may have pruned for that month: the outcome is the same on every worker.
+        Not for a record already counted (in the state, or claimed by itself before a kill):
+        the horizon the state carries may have moved past it since."""
+        if event.offset <= counting.applied or not self.closed_to(event.month, event.partition):
+            return False
+        if self.claimed(event.dedupe_key) == event.offset:
+            return False
+        self.out.dead_letters.append(past_horizon(event, self.horizon(event.partition), self.plan))
+        self.out.outcomes[("rejected", "too_late")] += 1
+        return True
+
     def copied_again(self, event: Usage, copy_key: str) -> bool:
         """Whether this is a second copy of a record moved to its tenant's partition (the
         worker that moved it was killed before committing, or a new group replays): the
@@ -231,7 +244,7 @@ class _Batch:
         if claimed is not None and claimed != event.offset:
             self.out.outcomes[(event.service, "recopied")] += 1
             return True
-        if claimed is None:
+        if claimed is None and not self.closed_to(event.month, event.partition):
             self.out.seen[copy_key] = (event.partition, event.month, event.offset)
         return False
 

@@ -40,8 +40,10 @@ _FUTURE_US = MAX_FUTURE // _MICROSECOND
 _STEP = 900
 _STEPS_KEPT = 100_000  # about 3 years of steps; then the memo starts over
 
+# An offset's hours and minutes as the models take them (`fromisoformat` alone takes +00:60).
 _PLAIN_TIME = re.compile(
-    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)", re.ASCII
+    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)",
+    re.ASCII,
 )
 _NAME_LENGTH = range(1, MAX_ATTRIBUTE_LENGTH + 1)
 
@@ -97,9 +99,10 @@ class PlainUsage:
         return f"PlainUsage({self.recorded()!r})"
 
 
-class _Shape(msgspec.Struct):
-    """The attributes the common shape has, typed; the models allow others (extensions),
-    so unknown ones are skipped, as the plain path's dict lookups skip them."""
+class _Shape(msgspec.Struct, forbid_unknown_fields=True):
+    """The attributes the common shape has, typed. The models allow others (extensions),
+    but msgspec would skip them unread (bad UTF-8 or 1e400 in one would pass): a record with
+    any other attribute than these goes the full way."""
 
     specversion: Literal["1.0"]
     type: str
@@ -108,6 +111,11 @@ class _Shape(msgspec.Struct):
     subject: str
     time: str
     data: dict[str, Any]
+    # Attributes SDKs set on nearly every event: typed, so msgspec reads them whole.
+    datacontenttype: str | None = None
+    dataschema: str | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 class PlainDecoder:
@@ -156,9 +164,9 @@ class PlainDecoder:
     ) -> PlainUsage | None:
         """A record's value (structured mode, no headers), or None for the full path.
 
-        Parsed by msgspec straight into `_Shape` (typed in C, other attributes skipped):
-        half the cost of a dict and its lookups. Where msgspec and orjson differ, msgspec
-        refuses (it nests less deep), and a refusal only sends the record the full way."""
+        Parsed by msgspec straight into `_Shape` (typed in C): half the cost of a dict and
+        its lookups. Where msgspec and orjson differ, msgspec refuses (it nests less deep, it
+        takes no unknown attribute), and a refusal only sends the record the full way."""
         if not value or len(value) > MAX_EVENT_BYTES:
             return None
         try:
@@ -204,19 +212,17 @@ class PlainDecoder:
         amount = data.get(field)
         if type(amount) is not int or not low <= amount <= high:
             return None
+        log_us = where[3]
         try:
             at = dt.datetime.fromisoformat(time)
             since_epoch = at - EPOCH
+            if since_epoch // _MICROSECOND > log_us + _FUTURE_US:
+                return None  # future; checked first, as the models do: year 9999 has no end
             month = self.month(at, since_epoch)
+            retention_end = self.retention_end(month)
         except (ValueError, OverflowError):
             return None  # the models name what is wrong with it
-        retention_end = self.retention_end(month)
-        log_us = where[3]
-        if (
-            retention_end is None
-            or since_epoch // _MICROSECOND > log_us + _FUTURE_US
-            or log_us >= retention_end
-        ):
+        if retention_end is None or log_us >= retention_end:
             return None
         return PlainUsage(subject, service, month, amount, source, id_, at, where)
 

@@ -23,10 +23,10 @@ import asyncio
 import contextlib
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -159,41 +159,68 @@ class Store:
         for partition in self._dirty_closed:
             months = orjson.dumps(self.closed[partition])
             await put("partitions", partition, f"p{partition}", months)
+        await asyncio.gather(*pending)
+        written = len(pending)
+        # Horizons last, once the rest is in: a restart whose state lacks this flush's
+        # changes must not find a horizon that moved in it, or it would turn away events
+        # that the lost state had counted (`_Batch.past_horizon`).
+        pending.clear()
         for partition in self._dirty_horizons:
             horizon = orjson.dumps(self.horizons[partition])
             await put("partitions", partition, f"h{partition}", horizon)
         await asyncio.gather(*pending)
+        written += len(pending)
         self._dirty_horizons.clear()
         self._dirty_tenants.clear()
         self._new_seen.clear()
         self._dirty_barriers.clear()
         self._dirty_closed.clear()
-        return len(pending)
+        return written
 
 
 async def restore(
-    consumer: AIOKafkaConsumer, app_id: str, partitions: Iterable[int], index: SeenIndex
+    consumer: AIOKafkaConsumer,
+    app_id: str,
+    partitions: Iterable[int],
+    index: SeenIndex,
+    plan: Plan,
+    usage_partitions: Iterable[int] | None = None,
 ) -> Store:
     """A store holding what the changelogs say about `partitions` (read to their end), its
-    dedupe entries in `index`."""
+    dedupe entries in `index`. The other tables are read first, so that the entries of a
+    month its partition is closed to (`projections.horizon`) are never added.
+    `usage_partitions`: those of the usage log among them (the horizon that prunes)."""
     wanted = sorted(set(partitions))
-    tps = [TopicPartition(changelog(app_id, t), p) for t in TABLES for p in wanted]
     store = Store(index)
-    store.held = frozenset(wanted)
-    if not tps:
+    store.held = frozenset(wanted if usage_partitions is None else usage_partitions)
+    if not wanted:
         return store
     raw: dict[str, dict[bytes, bytes]] = {table: {} for table in TABLES}
-    async for tp, records in read_to_end(consumer, await consumer.end_offsets(tps)):
+    tables = [t for t in TABLES if t != "seen"]
+    async for tp, records in _read(consumer, app_id, tables, wanted):
         name = tp.topic[: -len("-changelog")].rsplit("-", 1)[1]
         for record in records:
-            if record.key is None or record.value is None:
-                continue
-            if name == "seen":
-                index.add((key, month, offset) for key, month, offset in orjson.loads(record.value))
-            else:
+            if record.key is not None and record.value is not None:
                 raw[name][record.key] = record.value
     _load(store, raw)
+    async for tp, records in _read(consumer, app_id, ["seen"], wanted):
+        horizon = store.horizon(tp.partition)
+        for record in records:
+            if record.value is not None:
+                index.add(
+                    (key, month, offset)
+                    for key, month, offset in orjson.loads(record.value)
+                    if not forgotten(month, horizon, plan)
+                )
     return store
+
+
+async def _read(
+    consumer: AIOKafkaConsumer, app_id: str, tables: list[str], partitions: list[int]
+) -> AsyncIterator[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]:
+    tps = [TopicPartition(changelog(app_id, t), p) for t in tables for p in partitions]
+    async for item in read_to_end(consumer, await consumer.end_offsets(tps)):
+        yield item
 
 
 def _load(store: Store, raw: dict[str, dict[bytes, bytes]]) -> None:

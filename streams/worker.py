@@ -144,7 +144,10 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
             await restorer.start()
             try:
                 index = self.new_index()
-                self._store = await restore(restorer, self.settings.app_id, partitions, index)
+                usage = {tp.partition for tp in assigned if tp.topic == self.topics.usage}
+                self._store = await restore(
+                    restorer, self.settings.app_id, partitions, index, self.plan, usage
+                )
             finally:
                 await restorer.stop()
             self.prune()

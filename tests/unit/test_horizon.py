@@ -85,6 +85,16 @@ def test_a_record_already_counted_is_not_turned_away_when_folded_again() -> None
     assert not again.dead_letters and not again.outcomes
 
 
+def test_a_record_claimed_by_itself_before_a_kill_still_counts() -> None:
+    """Its dedupe entry reached the changelog, its tenant's state did not: it was counted
+    before the kill and is counted again, not turned away by a horizon that moved since."""
+    lagging = WINDOW_END - dt.timedelta(days=1)
+    state = MemoryState(seen_keys={mail(0, lagging).dedupe_key: 0})
+    state.horizons[0] = micros_of(WINDOW_END + dt.timedelta(days=30))
+    result = fold_batch([mail(0, lagging)], state, PLAN, BARRIER)
+    assert not result.dead_letters and result.outcomes[("mailing", "accepted")] == 1
+
+
 def micros_of(time: dt.datetime) -> int:
     return (time - dt.datetime(1970, 1, 1, tzinfo=UTC)) // dt.timedelta(microseconds=1)
 
@@ -104,7 +114,12 @@ async def test_keys_go_once_every_partition_held_is_past_the_month(tmp_path: Pat
     assert store.prune(PLAN) == 0  # partition 1 has not seen such a close yet
     store.apply(fold_batch([marker(6, late, partition=1)], store, PLAN, BARRIER))
     assert store.prune(PLAN) == 1 and store.index.months == ["2027-01"]
+    store.apply(fold_batch([mail(7, late, month="2027-01", id_="c", partition=1)],
+                           store, PLAN, BARRIER))  # fmt: skip
     producer = RecordingProducer()
     await store.flush(producer, "app")  # type: ignore[arg-type]
+    keys = [key for _, key, _, _ in producer.sent]
+    # The horizons go last, after the state they belong with.
+    assert [k[:1] for k in keys[-2:]] == [b"h", b"h"] and b"t1" in keys[:-2]
     horizons = {key: value for topic, key, value, _ in producer.sent if key.startswith(b"h")}
     assert horizons == {b"h0": str(micros_of(late)).encode(), b"h1": str(micros_of(late)).encode()}
