@@ -215,9 +215,11 @@ class _Batch:
         if claimed is not None and claimed != offset:
             self.out.outcomes[(event.service, "duplicate")] += 1
             return
-        # Claimed by this very record: its dedupe entry was written before a kill, the
-        # tenant's state was not. It has not been counted yet.
-        self.out.seen[key] = (partition, event.month, offset)
+        # New, or claimed by this very record: its dedupe entry was written before a kill,
+        # the tenant's state was not. It has not been counted yet. Only a new claim is
+        # written: the index takes `seen` as keys it does not hold (`SeenIndex.add(fresh)`).
+        if claimed is None:
+            self.out.seen[key] = (partition, event.month, offset)
         if crossings := counting.count(event, self.triggers):
             self.out.crossings.extend(crossings)
         self.out.outcomes[(event.service, "accepted")] += 1
