@@ -161,10 +161,11 @@ def monthly_usage(upto: str, tz: str, one_tenant: bool = False) -> str:
     `one_tenant` restricts it to the tenant bound as `$tenant` before deduplicating, which
     is safe (duplicates share their tenant) and spares scanning everybody else."""
     tenant = "AND tenant = $tenant" if one_tenant else ""
+    of = "$tenant" if one_tenant else "NULL"
     # Only our own SQL and a validated time-zone name are interpolated, never user input.
     return f"""
 WITH upto AS ({upto}), counted AS (
-    SELECT * FROM usage_events u
+    SELECT * FROM usage_events_of({of}) u
     WHERE u."offset" < COALESCE((SELECT x.before FROM upto x WHERE x."partition" = u."partition"),
                                 9223372036854775807) {tenant}
     QUALIFY row_number() OVER (PARTITION BY tenant, source, id ORDER BY "partition", "offset") = 1
@@ -186,7 +187,7 @@ WITH upto AS ({upto}), counted AS (
              AS ends
     FROM grid
 ), snaps AS (
-    SELECT * FROM licence_snapshots s
+    SELECT * FROM licence_snapshots_of({of}) s
     WHERE s."offset" < COALESCE((SELECT x.before FROM upto x WHERE x."partition" = s."partition"),
                                 9223372036854775807) {tenant}
 ), with_users AS (
@@ -235,35 +236,46 @@ FROM raw_events r JOIN dead_letters d
 -- partition. A record written elsewhere was copied there (the copy names it in
 -- `forwarded_from`); the copy stands in its place, so that offsets, order and close cutoffs
 -- are the worker's. A second copy of the same original (a restarted worker) is left out.
-CREATE OR REPLACE VIEW folded_log AS
+-- `_of(t)`: for the tenant `t` alone (NULL: everybody). A copy carries its original's bytes,
+-- so both name the same tenant, and the whole log is never read for one tenant's page (it
+-- was: 1 s at 10M events).
+CREATE OR REPLACE MACRO folded_log_of(t) AS TABLE
 SELECT r.* FROM raw_events r
-WHERE r.topic = '{usage_topic}'
+WHERE r.topic = '{usage_topic}' AND (t IS NULL OR r.subject = t)
   AND CASE WHEN r.forwarded_from IS NULL
            THEN NOT EXISTS (SELECT 1 FROM raw_events c
                             WHERE c.topic = r.topic AND c.forwarded_from IS NOT NULL
+                              AND (t IS NULL OR c.subject = t)
                               AND c.forwarded_from = r.topic || '/' || r."partition" || '/'
                                                      || r."offset")
            ELSE NOT EXISTS (SELECT 1 FROM raw_events c
                             WHERE c.topic = r.topic AND c."partition" = r."partition"
+                              AND (t IS NULL OR c.subject = t)
                               AND c.forwarded_from = r.forwarded_from
                               AND c."offset" < r."offset") END
   AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.topic = r.topic
                   AND d."partition" = r."partition" AND d."offset" = r."offset");
 
-CREATE OR REPLACE VIEW usage_events AS
+CREATE OR REPLACE VIEW folded_log AS SELECT * FROM folded_log_of(NULL);
+
+CREATE OR REPLACE MACRO usage_events_of(t) AS TABLE
 SELECT r."partition", r."offset", r.log_time, r.subject AS tenant, r.source, r.id, r.time,
        {_case("r.type", catalog, lambda s: f"'{s.name}'")} AS service,
        strftime(timezone('{tz}', r.time), '%Y-%m') AS month,
        {_case("r.type", catalog, _amount)} AS amount,
        {_case("r.type", catalog, lambda s: str(s.peak).lower())} AS peak
-FROM folded_log r
+FROM folded_log_of(t) r
 WHERE r.type IN ({usage_types});
 
-CREATE OR REPLACE VIEW licence_snapshots AS
+CREATE OR REPLACE VIEW usage_events AS SELECT * FROM usage_events_of(NULL);
+
+CREATE OR REPLACE MACRO licence_snapshots_of(t) AS TABLE
 SELECT r."partition", r."offset", r.subject AS tenant, r.time,
        TRY_CAST(r.data->>'$.users' AS BIGINT) AS users
-FROM folded_log r
+FROM folded_log_of(t) r
 WHERE r.type = 'licensing.licenses.changed';
+
+CREATE OR REPLACE VIEW licence_snapshots AS SELECT * FROM licence_snapshots_of(NULL);
 
 CREATE OR REPLACE VIEW usage_monthly AS
 {monthly_usage(NO_CUTOFF, tz)};
