@@ -165,6 +165,24 @@ async def baseline(settings: Settings) -> dict[str, float]:
     return {"baseline_records": count, "baseline_events_per_s": count / seconds}
 
 
+async def split(workers: list[Component]) -> dict[str, float]:
+    """With more than one worker: the usage-log partitions each holds (its
+    `metering_worker_partitions`), and all workers' CPU per event together."""
+    if len(workers) < 2:
+        return {}
+    figures: dict[str, float] = {}
+    async with httpx.AsyncClient(timeout=30) as http:
+        for n, component in enumerate(workers, start=1):
+            text = (await http.get(component.ready["metrics_url"])).text
+            held = next(
+                float(line.split()[-1])
+                for line in text.splitlines()
+                if line.startswith("metering_worker_partitions ")
+            )
+            figures[f"worker_{n}_partitions"] = held
+    return figures
+
+
 def lag_buckets(text: str) -> list[tuple[float, float]]:
     for family in text_string_to_metric_families(text):
         if family.name == "metering_processing_lag_seconds":
@@ -297,19 +315,26 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         env["METERING_PARTITIONS"] = str(args.partitions)
         components.append(start("projector", env, workdir))
         api_url = components[0].ready["api_url"]
-        worker = start("worker", env, workdir)
-        components.append(worker)
+        workers = [start("worker", env, workdir) for _ in range(args.workers)]
+        worker = workers[0]
+        components.extend(workers)
         figures: dict[str, Any] = {
             "tenants": args.tenants, "partitions": args.partitions, "unkeyed": args.unkeyed,
+            "workers": args.workers,
         }  # fmt: skip
-        say("end to end")
+        say(f"end to end ({args.workers} worker{'s' if args.workers > 1 else ''})")
         cpu = {
             "worker": worker.process.pid,
             "read_model": components[0].process.pid,
             "broker": broker.process.pid,
+            **{f"worker_{n}": w.process.pid for n, w in enumerate(workers[1:], start=2)},
         }
         figures.update(asyncio.run(end_to_end(settings, load, Watch(settings, api_url), cpu)))
+        figures.update(asyncio.run(split(workers)))
         figures["worker_peak_rss_mib"] = worker.peak_rss_mib()
+        for extra in workers[1:]:  # the later phases measure one worker
+            extra.stop()
+            components.remove(extra)
         say("baseline: plain aiokafka consumer")
         figures.update(asyncio.run(baseline(settings)))
         for name in ("e2e", "e2e_worker", "e2e_read_model", "e2e_produce"):
@@ -354,6 +379,11 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=2_000_000, help="usage events end to end")
     parser.add_argument("--tenants", type=int, default=10_000)
     parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument(
+        "--workers", type=int, default=1,
+        help="workers in the group for the end-to-end run (each one's CPU per event and "
+        "partitions are reported; the later phases run one)",
+    )  # fmt: skip
     parser.add_argument(
         "--rate", type=lambda s: [float(x) for x in s.split(",")], default=[10_000, 30_000],
         help="comma-separated events/s of the latency runs, one after another (default "
