@@ -184,7 +184,7 @@ async def restore(
     partitions: Iterable[int],
     index: SeenIndex,
     plan: Plan,
-    usage_partitions: Iterable[int] | None = None,
+    usage_partitions: Iterable[int],
 ) -> Store:
     """A store holding what the changelogs say about `partitions` (read to their end), its
     dedupe entries in `index`. The other tables are read first, so that the entries of a
@@ -192,7 +192,7 @@ async def restore(
     `usage_partitions`: those of the usage log among them (the horizon that prunes)."""
     wanted = sorted(set(partitions))
     store = Store(index)
-    store.held = frozenset(wanted if usage_partitions is None else usage_partitions)
+    store.held = frozenset(usage_partitions)
     if not wanted:
         return store
     raw: dict[str, dict[bytes, bytes]] = {table: {} for table in TABLES}

@@ -141,10 +141,10 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
                 bootstrap_servers=self.settings.bootstrap(), enable_auto_commit=False,
                 **self.settings.kafka_options(),
             )  # fmt: skip
+            usage = {tp.partition for tp in assigned if tp.topic == self.topics.usage}
             await restorer.start()
             try:
                 index = self.new_index()
-                usage = {tp.partition for tp in assigned if tp.topic == self.topics.usage}
                 self._store = await restore(
                     restorer, self.settings.app_id, partitions, index, self.plan, usage
                 )
@@ -152,8 +152,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
                 await restorer.stop()
             self.prune()
             log.info("assigned partitions %s: %s", sorted(partitions), self.store_summary())
-            held = sum(1 for tp in assigned if tp.topic == self.topics.usage)
-            self.metrics.partitions_held.set(held)
+            self.metrics.partitions_held.set(len(usage))
             self.assigned.set()
 
     def new_index(self) -> SeenIndex:
@@ -198,9 +197,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
         if here or moved:
             keys = []
             for item in here:
-                if type(item) is PlainUsage:
-                    keys.append(item.dedupe_key)
-                elif isinstance(item, UsageRecorded):
+                if isinstance(item, PlainUsage | UsageRecorded):
                     keys.append(item.dedupe_key)
                     if (copy_key := item.copy_key) is not None:
                         keys.append(copy_key)
@@ -226,8 +223,8 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
         others to their tenant's partition (see `streams.routing`). A copy is sent before
         any later record of the same partition, so a close marker follows what preceded it.
 
-        A usage record without headers (no copy, no binary mode) in its tenant's partition
-        is tried on the fast lane first (`projections.plain`); all else takes `decode`."""
+        A usage record without headers (no copy, no binary mode) is tried on the fast lane
+        first (`projections.plain`); all else takes `decode`."""
         here: list[Decoded | PlainUsage | DeadLetter] = []
         plain, home, partitions = self.plain.decode, routing.home, self.partitions
         for record in records:
@@ -236,8 +233,14 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
                     record.value, record.topic, record.partition, record.offset,
                     record.timestamp,
                 )  # fmt: skip
-                if fast is not None and home(fast.tenant, partitions) == record.partition:
-                    here.append(fast)
+                if fast is not None:
+                    # What `routing.route` decides for it, without decoding it again.
+                    at_home = home(fast.tenant, partitions)
+                    if at_home == record.partition:
+                        here.append(fast)
+                    else:
+                        await self.copy(record, at_home)
+                        moved[(fast.service, "moved")] += 1
                     continue
             item = decode(record.value, position_of(record), self.plan, record.headers)
             where = routing.route(item, in_usage_log, self.partitions)
