@@ -28,8 +28,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -372,6 +373,14 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         broker.stop()
 
 
+T = TypeVar("T")
+
+
+def numbers(kind: Callable[[str], T]) -> Callable[[str], list[T]]:
+    """An argparse type: comma-separated numbers of `kind`."""
+    return lambda text: [kind(part) for part in text.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -385,13 +394,13 @@ def main() -> None:
         "partitions are reported; the later phases run one)",
     )  # fmt: skip
     parser.add_argument(
-        "--rate", type=lambda s: [float(x) for x in s.split(",")], default=[10_000, 30_000],
+        "--rate", type=numbers(float), default=[10_000, 30_000],
         help="comma-separated events/s of the latency runs, one after another (default "
         "10000,30000)",
     )  # fmt: skip
     parser.add_argument("--seconds", type=float, default=30, help="length of the latency run")
     parser.add_argument(
-        "--memory", type=lambda s: [int(x) for x in s.split(",")],
+        "--memory", type=numbers(int),
         default=[1_000_000, 5_000_000], help="comma-separated event counts (default 1M,5M)",
     )  # fmt: skip
     parser.add_argument(

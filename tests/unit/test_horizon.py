@@ -14,6 +14,7 @@ from projections.batch import fold_batch
 from projections.events import CloseMarkerSeen, Position, UsageRecorded
 from projections.memory import MemoryState
 from projections.months import month_end
+from projections.plain import micros
 from streams.seen import SeenIndex
 from streams.store import Store
 from tests.unit.test_seen import RecordingProducer
@@ -71,7 +72,7 @@ def test_after_a_late_enough_close_a_month_takes_no_more_events() -> None:
     ]
     assert orjson.loads(letters[0].payload)["data"] == {"quantity": 5}
     assert state.tenants["t1"].usage["2026-10"]["mailing"].value == 10
-    assert state.horizons == {0: micros_of(WINDOW_END + dt.timedelta(days=7))}
+    assert state.horizons == {0: micros(WINDOW_END + dt.timedelta(days=7))}
 
 
 def test_a_record_already_counted_is_not_turned_away_when_folded_again() -> None:
@@ -90,13 +91,9 @@ def test_a_record_claimed_by_itself_before_a_kill_still_counts() -> None:
     before the kill and is counted again, not turned away by a horizon that moved since."""
     lagging = WINDOW_END - dt.timedelta(days=1)
     state = MemoryState(seen_keys={mail(0, lagging).dedupe_key: 0})
-    state.horizons[0] = micros_of(WINDOW_END + dt.timedelta(days=30))
+    state.horizons[0] = micros(WINDOW_END + dt.timedelta(days=30))
     result = fold_batch([mail(0, lagging)], state, PLAN, BARRIER)
     assert not result.dead_letters and result.outcomes[("mailing", "accepted")] == 1
-
-
-def micros_of(time: dt.datetime) -> int:
-    return (time - dt.datetime(1970, 1, 1, tzinfo=UTC)) // dt.timedelta(microseconds=1)
 
 
 async def test_keys_go_once_every_partition_held_is_past_the_month(tmp_path: Path) -> None:
@@ -122,4 +119,4 @@ async def test_keys_go_once_every_partition_held_is_past_the_month(tmp_path: Pat
     # The horizons go last, after the state they belong with.
     assert [k[:1] for k in keys[-2:]] == [b"h", b"h"] and b"t1" in keys[:-2]
     horizons = {key: value for topic, key, value, _ in producer.sent if key.startswith(b"h")}
-    assert horizons == {b"h0": str(micros_of(late)).encode(), b"h1": str(micros_of(late)).encode()}
+    assert horizons == {b"h0": str(micros(late)).encode(), b"h1": str(micros(late)).encode()}
