@@ -10,7 +10,7 @@ from typing import Any
 import duckdb
 import orjson
 
-from readmodel.schema import NO_CUTOFF, monthly_usage
+from readmodel.usage_sql import NO_CUTOFF, monthly_usage
 from schemas.records import CLOSE_REQUESTED
 
 CENT = Decimal("0.01")
@@ -45,10 +45,12 @@ def _rows(
     ]
 
 
-def _recomputed(cur: duckdb.DuckDBPyConnection, upto: str, one_tenant: bool = False) -> str:
+def _recomputed(
+    cur: duckdb.DuckDBPyConnection, upto: str, one_tenant: bool = False, one_month: bool = False
+) -> str:
     """The monthly-usage SQL in the billing time zone of the loaded plan."""
     tz = cur.execute("SELECT billing_timezone FROM plan_versions LIMIT 1").fetchone()
-    return monthly_usage(upto, tz[0] if tz else "UTC", one_tenant)
+    return monthly_usage(upto, tz[0] if tz else "UTC", one_tenant, one_month)
 
 
 def invoice_lines(cur: duckdb.DuckDBPyConnection, month: str) -> list[dict[str, Any]]:
@@ -174,15 +176,15 @@ def audit(cur: duckdb.DuckDBPyConnection, month: str, usage_topic: str) -> list[
             ) GROUP BY ALL
         ) GROUP BY "partition"
     """  # noqa: S608 - the topic name is validated by Settings
-    recomputed = _recomputed(cur, upto)
+    recomputed = _recomputed(cur, upto, one_month=True)
     return _rows(
         cur,
         f"""
-        WITH expected AS (SELECT * FROM ({recomputed}) WHERE month = ?),
+        WITH expected AS ({recomputed}),
         streamed AS (
             SELECT tenant, service, sum(packages) AS packages, sum(amount) AS amount,
                    count(*) AS lines
-            FROM invoice_lines WHERE usage_month = ? GROUP BY tenant, service)
+            FROM invoice_lines WHERE usage_month = $month GROUP BY tenant, service)
         SELECT COALESCE(e.tenant, s.tenant) AS tenant, COALESCE(e.service, s.service) AS service,
                e.usage AS recomputed_usage, e.users AS recomputed_users,
                COALESCE(e.packages, 0) AS recomputed_packages,
@@ -194,7 +196,7 @@ def audit(cur: duckdb.DuckDBPyConnection, month: str, usage_topic: str) -> list[
            OR COALESCE(e.packages, 0) <> COALESCE(s.packages, 0)
         ORDER BY 1, 2
         """,  # noqa: S608 - our own SQL; month values are bound
-        [month, month],
+        {"month": month},
     )
 
 

@@ -6,13 +6,13 @@ with the plan, so that what finance sees and what `audit` recomputes is one piec
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from decimal import Decimal
 
 import duckdb
 
 from billing.plan import Plan
-from schemas.services import Catalog, ServiceSpec
+from readmodel.usage_sql import usage_views
+from schemas.services import Catalog
 
 # Column widths: the largest values that valid events can lead to (schemas/services.py bounds an
 # event to MAX_QUANTITY = 10^9 and MAX_PEAK = 10^15). A partition takes well under 10^6
@@ -123,163 +123,15 @@ FROM objects
 """
 
 
-# The services table's facts as SQL: which type is which service, which data field carries
-# its amount (a sum's may be left out and counts 1), and whether a month is its peak. The
-# table holds names, types and fields to plain identifiers (schemas/services.py), so they are
-# safe to splice.
-def _case(column: str, catalog: Catalog, value: Callable[[ServiceSpec], str]) -> str:
-    whens = " ".join(f"WHEN '{s.event_type}' THEN {value(s)}" for s in catalog.services)
-    return f"CASE {column} {whens} END"
-
-
-def _amount(spec: ServiceSpec) -> str:
-    read = f"TRY_CAST(r.data->>'$.{spec.field}' AS HUGEINT)"
-    return read if spec.peak else f"COALESCE({read}, 1)"
-
-
-NO_CUTOFF = 'SELECT NULL::INTEGER AS "partition", NULL::BIGINT AS before WHERE false'
-
-
-# The rated rows as the views show them, in billing units and exact decimals.
-# DuckDB divides decimals into DOUBLE; multiplying by the exact 1/unit_size keeps DECIMAL.
-_PRICED = """
-SELECT tenant, month, service, (usage::DECIMAL(38, 0) * unit_factor)::DECIMAL(38, 9) AS usage,
-       unit, users, band, (included::DECIMAL(38, 0) * unit_factor)::DECIMAL(38, 9) AS included,
-       CASE WHEN included = 0 THEN NULL
-            ELSE ((usage * 1000 + included // 2) // included)::DECIMAL(38, 0) * 0.1 END
-         AS percent,
-       packages::HUGEINT AS packages, price AS unit_price,
-       round(packages::DECIMAL(38, 0) * price, 2)::DECIMAL(38, 2) AS amount, currency,
-       plan_version, events, first_offset, last_offset
-FROM rated"""
-
-
-def monthly_usage(upto: str, tz: str, one_tenant: bool = False) -> str:
-    """Usage, users, band, included, packages and amount per tenant, month and service, from
-    the accepted, deduplicated usage events; `upto` selects `(partition, before)`: only
-    events at offsets below `before` count in that partition (no row: all count).
-    `one_tenant` restricts it to the tenant bound as `$tenant` before deduplicating, which
-    is safe (duplicates share their tenant) and spares scanning everybody else."""
-    tenant = "AND tenant = $tenant" if one_tenant else ""
-    of = "$tenant" if one_tenant else "NULL"
-    # Only our own SQL and a validated time-zone name are interpolated, never user input.
-    return f"""
-WITH upto AS ({upto}), counted AS (
-    SELECT * FROM usage_events_of({of}) u
-    WHERE u."offset" < COALESCE((SELECT x.before FROM upto x WHERE x."partition" = u."partition"),
-                                9223372036854775807) {tenant}
-    QUALIFY row_number() OVER (PARTITION BY tenant, source, id ORDER BY "partition", "offset") = 1
-), sums AS (
-    SELECT tenant, month, service, count(*) AS events, min("offset") AS first_offset,
-           max("offset") AS last_offset,
-           CASE WHEN bool_or(peak) THEN max(amount) ELSE sum(amount) END AS usage
-    FROM counted GROUP BY tenant, month, service
-), grid AS (
-    -- every service of every tenant-month with any usage, so a view row exists for each
-    SELECT k.tenant, k.month, s.service, COALESCE(x.events, 0) AS events, x.first_offset,
-           x.last_offset, COALESCE(x.usage, 0) AS usage
-    FROM (SELECT DISTINCT tenant, month FROM sums) k
-    CROSS JOIN (SELECT DISTINCT service FROM plan_rates) s
-    LEFT JOIN sums x ON x.tenant = k.tenant AND x.month = k.month AND x.service = s.service
-), bounds AS (
-    SELECT *, timezone('{tz}', strptime(month || '-01', '%Y-%m-%d')::TIMESTAMP) AS starts,
-           timezone('{tz}', (strptime(month || '-01', '%Y-%m-%d') + INTERVAL 1 MONTH)::TIMESTAMP)
-             AS ends
-    FROM grid
-), snaps AS (
-    SELECT * FROM licence_snapshots_of({of}) s
-    WHERE s."offset" < COALESCE((SELECT x.before FROM upto x WHERE x."partition" = s."partition"),
-                                9223372036854775807) {tenant}
-), with_users AS (
-    SELECT b.*, greatest(
-        COALESCE((SELECT s.users FROM snaps s WHERE s.tenant = b.tenant AND s.time <= b.starts
-                  ORDER BY s.time DESC, s.users DESC LIMIT 1), 0),
-        COALESCE((SELECT max(s.users) FROM snaps s WHERE s.tenant = b.tenant
-                  AND s.time > b.starts AND s.time < b.ends), 0)) AS users,
-        (SELECT v.version FROM plan_versions v
-          WHERE v.effective_from <= strptime(b.month || '-01', '%Y-%m-%d')::DATE
-          ORDER BY v.effective_from DESC LIMIT 1) AS plan_version
-    FROM bounds b
-), rated AS (
-    SELECT w.*, r.band, r.included, r.package, r.price, r.unit, r.unit_factor, v.currency,
-           CASE WHEN w.usage > r.included
-                THEN (w.usage - r.included + r.package - 1) // r.package ELSE 0 END AS packages
-    FROM with_users w
-    JOIN plan_versions v ON v.version = w.plan_version
-    JOIN plan_rates r ON r.version = w.plan_version AND r.service = w.service
-     AND w.users <= COALESCE(r.max_users, 9223372036854775807)
-    QUALIFY row_number() OVER (PARTITION BY w.tenant, w.month, w.service ORDER BY r.band) = 1
-)
-{_PRICED}"""
-
-
 def views(usage_topic: str, tz: str, catalog: Catalog, system_topic: str = "system-events") -> str:
     """Views over the raw archive; `usage_topic` is where usage and forwarded licences live.
     Topic names are validated by Settings ([A-Za-z0-9._-]), time zones by ZoneInfo, and the
     services table's names, types and fields by schemas/services.py."""
     return (
-        _usage_views(usage_topic, tz, catalog)
+        usage_views(usage_topic, tz, catalog)
         + _licence_views(usage_topic)
         + _system_views(system_topic)
     )
-
-
-def _usage_views(usage_topic: str, tz: str, catalog: Catalog) -> str:
-    usage_types = ", ".join(f"'{s.event_type}'" for s in catalog.services)
-    return f"""
-CREATE OR REPLACE VIEW rejected AS
-SELECT r.*, d.reason, d.field, d.detail
-FROM raw_events r JOIN dead_letters d
-  ON d.topic = r.topic AND d."partition" = r."partition" AND d."offset" = r."offset";
-
--- The usage log as the worker folds it: each usage and licence record at its tenant's
--- partition. A record written elsewhere was copied there (the copy names it in
--- `forwarded_from`); the copy stands in its place, so that offsets, order and close cutoffs
--- are the worker's. A second copy of the same original (a restarted worker) is left out.
--- `_of(t)`: for the tenant `t` alone (NULL: everybody). A copy carries its original's bytes,
--- so both name the same tenant, and the whole log is never read for one tenant's page (it
--- was: 1 s at 10M events).
-CREATE OR REPLACE MACRO folded_log_of(t) AS TABLE
-SELECT r.* FROM raw_events r
-WHERE r.topic = '{usage_topic}' AND (t IS NULL OR r.subject = t)
-  AND CASE WHEN r.forwarded_from IS NULL
-           THEN NOT EXISTS (SELECT 1 FROM raw_events c
-                            WHERE c.topic = r.topic AND c.forwarded_from IS NOT NULL
-                              AND (t IS NULL OR c.subject = t)
-                              AND c.forwarded_from = r.topic || '/' || r."partition" || '/'
-                                                     || r."offset")
-           ELSE NOT EXISTS (SELECT 1 FROM raw_events c
-                            WHERE c.topic = r.topic AND c."partition" = r."partition"
-                              AND (t IS NULL OR c.subject = t)
-                              AND c.forwarded_from = r.forwarded_from
-                              AND c."offset" < r."offset") END
-  AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.topic = r.topic
-                  AND d."partition" = r."partition" AND d."offset" = r."offset");
-
-CREATE OR REPLACE VIEW folded_log AS SELECT * FROM folded_log_of(NULL);
-
-CREATE OR REPLACE MACRO usage_events_of(t) AS TABLE
-SELECT r."partition", r."offset", r.log_time, r.subject AS tenant, r.source, r.id, r.time,
-       {_case("r.type", catalog, lambda s: f"'{s.name}'")} AS service,
-       strftime(timezone('{tz}', r.time), '%Y-%m') AS month,
-       {_case("r.type", catalog, _amount)} AS amount,
-       {_case("r.type", catalog, lambda s: str(s.peak).lower())} AS peak
-FROM folded_log_of(t) r
-WHERE r.type IN ({usage_types});
-
-CREATE OR REPLACE VIEW usage_events AS SELECT * FROM usage_events_of(NULL);
-
-CREATE OR REPLACE MACRO licence_snapshots_of(t) AS TABLE
-SELECT r."partition", r."offset", r.subject AS tenant, r.time,
-       TRY_CAST(r.data->>'$.users' AS BIGINT) AS users
-FROM folded_log_of(t) r
-WHERE r.type = 'licensing.licenses.changed';
-
-CREATE OR REPLACE VIEW licence_snapshots AS SELECT * FROM licence_snapshots_of(NULL);
-
-CREATE OR REPLACE VIEW usage_monthly AS
-{monthly_usage(NO_CUTOFF, tz)};
-"""
 
 
 def _licence_views(usage_topic: str) -> str:

@@ -19,6 +19,7 @@ from projections.memory import MemoryState
 from projections.tenant import rate_month
 from readmodel.queries import decimal_text, usage
 from readmodel.rows import FORWARDED_FROM, Record
+from readmodel.usage_sql import NO_CUTOFF, monthly_usage
 from runtime.settings import Settings
 from schemas.services import default_catalog
 from streams.projector import Projector
@@ -279,3 +280,39 @@ def test_metering_sql_warns_when_the_answer_was_cut(monkeypatch: pytest.MonkeyPa
         assert result.exit_code == 0, result.output
         assert result.stdout.splitlines() == ["n", "0", "1"]
         assert ("only the first 2 rows" in result.stderr) is truncated
+
+
+def test_the_duplicate_search_is_exact_whatever_the_hash_says(tmp_path: Path) -> None:
+    """Hashing a key only narrows where duplicates are looked for: with every key hashed
+    alike, or only by tenant (collisions everywhere), the months are the same, each repeat
+    is left out and its first send counts. One month asked for alone equals that month of
+    the whole view."""
+    log = records()
+    # Repeats as a retrying producer sends them: same tenant, source and id, later offsets.
+    usage_records = [r for r in log if b'"metering.' in (r.value or b"")]
+    repeats = [
+        Record(r.topic, r.partition, len(log) + n, r.timestamp_ms, r.key, r.value)
+        for n, r in enumerate(usage_records[:40:4])
+    ]
+    projector = Projector(Settings(kafka_bootstrap="unused:1"), PLAN, tmp_path / "rm.duckdb")
+    projector.write(log + repeats)
+    tz = PLAN.versions[0].billing_timezone
+    exact = monthly_usage(NO_CUTOFF, tz)
+    with projector.reader() as cur:
+        expected = cur.execute(f"{exact} ORDER BY ALL").fetchall()
+        for hashed in ("0", "hash(tenant)"):
+            sql = exact.replace("hash(tenant, source, id)", hashed)
+            assert sql != exact
+            assert cur.execute(f"{sql} ORDER BY ALL").fetchall() == expected
+        alone = cur.execute(
+            f"{monthly_usage(NO_CUTOFF, tz, one_month=True)} ORDER BY ALL",
+            {"month": MONTH},
+        ).fetchall()
+        events = cur.execute(
+            "SELECT count(DISTINCT (tenant, source, id)) FROM usage_events WHERE month = ?",
+            [MONTH],
+        ).fetchone()
+    projector.close()
+    assert alone == [row for row in expected if row[1] == MONTH]
+    assert sum(row[-3] for row in alone) == (events or (0,))[0]
+    assert max(row[-1] or 0 for row in alone) < len(log)  # no repeat is the one counted
