@@ -162,8 +162,12 @@ async def end_to_end(
 
 
 async def baseline(settings: Settings) -> dict[str, float]:
-    count, seconds = await consume_baseline(settings)
-    return {"baseline_records": count, "baseline_events_per_s": count / seconds}
+    count, seconds, cpu = await consume_baseline(settings)
+    return {
+        "baseline_records": count,
+        "baseline_events_per_s": count / seconds,
+        "baseline_cpu_us_per_event": cpu / count * 1e6,
+    }
 
 
 async def split(workers: list[Component]) -> dict[str, float]:

@@ -70,19 +70,20 @@ async def produce(settings: Settings, events: int, month: str) -> int:
     return sent
 
 
-async def consume_baseline(settings: Settings) -> tuple[int, float]:
+async def consume_baseline(settings: Settings) -> tuple[int, float, float]:
     """Read and JSON-decode every record of the usage topic with a plain consumer: what Kafka
-    and JSON alone cost. Returns the records read and the seconds it took."""
+    and JSON alone cost. Returns the records read, the seconds and the CPU seconds (every
+    thread of this process) it took."""
     tps = await partitions_of(settings, settings.topics.usage)
     async with consumer(settings, max_partition_fetch_bytes=4 * 1024 * 1024) as client:
         ends = await client.end_offsets(tps)
         count = 0
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         async for _, records in read_to_end(client, ends):
             for record in records:
                 orjson.loads(record.value or b"{}")
             count += len(records)
-        return count, time.perf_counter() - started
+        return count, time.perf_counter() - started, time.process_time() - cpu
 
 
 def timed(fn: Any) -> tuple[Any, float]:
@@ -130,7 +131,7 @@ def run(events: int, bootstrap: str | None, workdir: Path) -> dict[str, Any]:
         month = previous_month(previous_month(month_of(dt.datetime.now(dt.UTC), dt.UTC)))
         asyncio.run(ensure_topics(settings))
         sent, produce_s = timed(lambda: asyncio.run(produce(settings, events, month)))
-        (consumed, consume_s) = asyncio.run(consume_baseline(settings))
+        (consumed, consume_s, consume_cpu) = asyncio.run(consume_baseline(settings))
 
         path = workdir / "readmodel.duckdb"
         projector = Projector(settings, load_plan(), path)
@@ -139,7 +140,9 @@ def run(events: int, bootstrap: str | None, workdir: Path) -> dict[str, Any]:
             ends = await end_offsets(settings, tuple(projector.tables))
             await projector.run(asyncio.Event(), until=ends)
 
+        cpu = time.process_time()  # the projector's own CPU: DuckDB's threads are ours too
         _, project_s = timed(lambda: asyncio.run(project()))
+        project_cpu = time.process_time() - cpu
         rows = projector.rows_written
 
         parquet = workdir / "raw.parquet"
@@ -175,6 +178,8 @@ def run(events: int, bootstrap: str | None, workdir: Path) -> dict[str, Any]:
             "projector_rows": rows,
             "projector_rows_per_s": rows / project_s,
             "projector_vs_consume": (rows / project_s) / (consumed / consume_s),
+            "projector_cpu_us_per_event": project_cpu / rows * 1e6,
+            "baseline_consume_cpu_us_per_event": consume_cpu / consumed * 1e6,
             "baseline_parquet_load_rows_per_s": rows / bulk_s,
             "projector_vs_parquet_load": (rows / project_s) / (rows / bulk_s),
             "audit_seconds": audit_s,

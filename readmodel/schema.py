@@ -99,27 +99,40 @@ def widen(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(f'ALTER TABLE {table} ALTER COLUMN "{column}" TYPE {type_}')
 
 
-def _text_field(name: str) -> str:
-    return f"CASE WHEN json_type(j, '$.{name}') = 'VARCHAR' THEN j->>'$.{name}' END AS {name}"
-
-
 # Archive a batch (registered as `raw_batch`): the envelope's fields where it parses as a JSON
-# object (`time` only with a UTC offset), the raw text where it does not.
+# object (`time` only with a UTC offset), the raw text where it does not. The document is
+# parsed four times (validity, the types of all fields at once, their text at once, `data`)
+# instead of once per field and check: 16 times, 3 us a record of DuckDB's time.
+_FIELDS = ("type", "source", "id", "subject", "time")
+_PATHS = ", ".join(f"'$.{n}'" for n in _FIELDS)
 ARCHIVE = rf"""
 INSERT INTO raw_events BY NAME
-WITH parsed AS (
-    SELECT *, CASE WHEN json_valid(value) THEN value::JSON END AS json FROM raw_batch
+WITH typed AS (
+    SELECT *, CASE WHEN json_valid(value)
+                   THEN json_type(value, ['$', {_PATHS}, '$.data'])
+              END AS t
+    FROM raw_batch
 ), objects AS (
-    SELECT *, CASE WHEN json_type(json) = 'OBJECT' THEN json END AS j FROM parsed
+    SELECT *, COALESCE(t[1] = 'OBJECT', false) AS obj FROM typed
+), fields AS (
+    SELECT *, CASE WHEN obj THEN json_extract_string(value, [{
+    ", ".join(f"'$.{n}'" for n in _FIELDS)
+}])
+              END AS s
+    FROM objects
 )
 SELECT topic, "partition", "offset", log_time, key, forwarded_from,
-       {", ".join(_text_field(n) for n in ("type", "source", "id", "subject"))},
-       CASE WHEN json_type(j, '$.time') = 'VARCHAR'
-                 AND regexp_matches(j->>'$.time', '(Z|z|[+-]\d{{2}}:?\d{{2}})$')
-            THEN TRY_CAST(j->>'$.time' AS TIMESTAMPTZ) END AS time,
-       CASE WHEN json_type(j, '$.data') = 'OBJECT' THEN j->'$.data' END AS data,
-       CASE WHEN j IS NULL THEN value END AS payload
-FROM objects
+       {
+    ", ".join(
+        f"CASE WHEN obj AND t[{i + 2}] = 'VARCHAR' THEN s[{i + 1}] END AS {n}"
+        for i, n in enumerate(_FIELDS[:4])
+    )
+},
+       CASE WHEN obj AND t[6] = 'VARCHAR' AND regexp_matches(s[5], '(Z|z|[+-]\d{{2}}:?\d{{2}})$')
+            THEN TRY_CAST(s[5] AS TIMESTAMPTZ) END AS time,
+       CASE WHEN obj AND t[7] = 'OBJECT' THEN json_extract(value, '$.data') END AS data,
+       CASE WHEN NOT obj THEN value END AS payload
+FROM fields
 """
 
 

@@ -221,7 +221,7 @@ class Projector:
                 records = [
                     Record(
                         r.topic, r.partition, r.offset, r.timestamp, r.key, r.value,
-                        tuple((k, v) for k, v in (r.headers or ())),
+                        tuple(r.headers) if r.headers else (),
                     )
                     for batch in batches.values()
                     for r in batch
