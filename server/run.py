@@ -11,6 +11,7 @@ import uvicorn
 from api.metrics import keep_fresh
 from api.service import ReadModelService
 from billing.plan import Plan
+from runtime.collector import tune_collector
 from runtime.settings import Settings
 from server.app import create_app
 
@@ -86,6 +87,7 @@ async def _announce(server: uvicorn.Server, settings: Settings) -> None:
 def run_projector(settings: Settings, plan: Plan) -> None:
     """Serve until stopped; a stopped projector ends the process with status 1, so that its
     supervisor (`metering up`, systemd, Kubernetes) restarts it."""
+    tune_collector()
     try:
         asyncio.run(serve(settings, plan))
     except ProjectorStopped as stopped:

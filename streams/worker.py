@@ -37,6 +37,7 @@ from projections.events import CloseMarkerSeen, Decoded, Position, UsageRecorded
 from projections.months import auto_close_due
 from projections.plain import PlainUsage, plain_decoder
 from projections.tenant import Triggers
+from runtime.collector import freeze_long_lived, tune_collector
 from runtime.settings import Settings
 from schemas.records import DeadLetter
 from streams import routing
@@ -151,6 +152,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
             finally:
                 await restorer.stop()
             self.prune()
+            freeze_long_lived()  # the restored state lives until the next rebalance
             log.info("assigned partitions %s: %s", sorted(partitions), self.store_summary())
             self.metrics.partitions_held.set(len(usage))
             self.assigned.set()
@@ -390,4 +392,5 @@ def run_worker(settings: Settings, plan: Plan) -> None:
         level=settings.log_level.upper(), format="[%(asctime)s] [%(levelname)s] %(message)s"
     )
     quiet_coordinator_startup()  # a fresh broker's "coordinator not available" is no error
+    tune_collector()
     asyncio.run(Worker(settings, plan).run())
