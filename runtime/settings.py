@@ -123,7 +123,8 @@ class Settings(BaseSettings):
         default=1.0,
         gt=0,
         le=60,
-        description="Seconds between a worker's flushes (outputs, changelogs, offsets).",
+        description="Seconds between a worker's flushes under load (outputs, changelogs, "
+        "offsets); an idle worker flushes at once.",
     )
     query_timeout: float = Field(default=60.0, gt=0)
     duckdb_path: Path | None = Field(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -101,6 +102,32 @@ async def consumer(settings: Settings, **options: Any) -> AsyncIterator[AIOKafka
         yield client
     finally:
         await client.stop()
+
+
+async def send_many(
+    producer: AIOKafkaProducer,
+    topic: str,
+    partition: int,
+    records: Iterable[tuple[bytes | None, bytes]],
+) -> list[asyncio.Future[Any]]:
+    """Send `(key, value)` records to one partition in as few batches as fit, and return
+    their delivery futures. `send` costs ~15 us of Python per record (a future and an
+    accumulator call each); a flush that writes 10,000 tenant states spent a quarter of the
+    worker's time there. Order and idempotence are those of `send`."""
+    futures: list[asyncio.Future[Any]] = []
+    batch = producer.create_batch()
+    for key, value in records:
+        if batch.append(key=key, value=value, timestamp=None) is None:
+            if batch.record_count() > 0:
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                # larger than a whole batch: `send` takes it up to the request size
+                futures.append(await producer.send(topic, value, key=key, partition=partition))
+                batch = producer.create_batch()
+    if batch.record_count() > 0:
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
+    return futures
 
 
 async def partitions_of(settings: Settings, *topics: str) -> list[TopicPartition]:

@@ -35,7 +35,7 @@ from projections.batch import BatchResult
 from projections.horizon import forgotten
 from projections.tenant import TenantState
 from runtime.settings import Settings
-from streams.kafka import admin_client, read_to_end
+from streams.kafka import admin_client, read_to_end, send_many
 from streams.seen import SeenIndex
 
 TABLES = ("tenants", "seen", "barriers", "partitions")
@@ -143,9 +143,16 @@ class Store:
             topic = changelog(app_id, table)
             pending.append(await producer.send(topic, value, key=key.encode(), partition=partition))
 
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
         for tenant in self._dirty_tenants:
             state = self.tenants[tenant]
-            await put("tenants", state.partition, tenant, state.model_dump_json().encode())
+            by_partition[state.partition].append(
+                (tenant.encode(), state.model_dump_json().encode())
+            )
+        for partition, states in by_partition.items():
+            pending.extend(
+                await send_many(producer, changelog(app_id, "tenants"), partition, states)
+            )
         for partition, entries in self._new_seen.items():
             # A second of a busy partition holds tens of thousands of entries: split, so that
             # no record comes near Kafka's 1 MB message limit (~70 bytes per entry).

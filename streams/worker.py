@@ -172,6 +172,10 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
     def store_summary(self) -> str:
         return f"{len(self.store.tenants)} tenants, {self.store.index.count} dedupe keys"
 
+    @property
+    def unflushed(self) -> bool:
+        return bool(self.pending or self.folded or self.store.dirty)
+
     async def flush(self) -> None:
         """Outputs acknowledged, then state written and acknowledged, then offsets committed."""
         if self.pending:
@@ -295,7 +299,10 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
                     continue
                 try:
                     await self.fold(fetched)
-                    if time.monotonic() - self.last_flush >= interval:
+                    # Under load every `interval`; once the input runs dry, at once, so that a
+                    # quiet worker has its state and offsets in Kafka within a fetch's wait.
+                    due = time.monotonic() - self.last_flush >= interval
+                    if due or (not any(fetched.values()) and self.unflushed):
                         await self.flush()
                 except Exception:
                     self.metrics.errors.labels("ingest").inc()

@@ -12,6 +12,7 @@ import pytest
 
 from projections.batch import BatchResult
 from streams import seen
+from streams.kafka import send_many
 from streams.seen import SeenIndex, index_path
 from streams.store import Store
 
@@ -88,17 +89,63 @@ def test_index_files_of_dead_workers_are_removed(tmp_path: Path) -> None:
     assert not dead.exists() and not older.exists() and alive.exists() and other.exists()
 
 
+class RecordingBatch:
+    """aiokafka's `BatchBuilder` as `send_many` uses it: full at `room` bytes, except that
+    an empty batch takes one record of up to twice that (Kafka's own first-record rule
+    differs; what matters is that some record may not fit even an empty batch)."""
+
+    def __init__(self, room: int) -> None:
+        self.room, self.records, self.closed = room, [], False
+
+    def append(self, *, key: bytes, value: bytes, timestamp: None) -> Any:
+        used = sum(len(v) for _, v in self.records)
+        limit = self.room * 2 if not self.records else self.room
+        if self.closed or used + len(value) > limit:
+            self.closed = True
+            return None
+        self.records.append((key, value))
+        return object()
+
+    def record_count(self) -> int:
+        return len(self.records)
+
+
 class RecordingProducer:
-    """Collects what a flush sends; the real producer is exercised by every stack test."""
+    """Collects what a flush sends, record by record and in batches, in order; the real
+    producer is exercised by every stack test."""
 
-    def __init__(self) -> None:
+    def __init__(self, batch_room: int = 1 << 20) -> None:
         self.sent: list[tuple[str, bytes, bytes, int]] = []
+        self.batches: list[int] = []  # records per batch sent
+        self.batch_room = batch_room
 
-    async def send(self, topic: str, value: bytes, key: bytes, partition: int) -> Any:
-        self.sent.append((topic, key, value, partition))
+    @staticmethod
+    def _done() -> asyncio.Future[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
+
+    async def send(self, topic: str, value: bytes, key: bytes, partition: int) -> Any:
+        self.sent.append((topic, key, value, partition))
+        return self._done()
+
+    def create_batch(self) -> RecordingBatch:
+        return RecordingBatch(self.batch_room)
+
+    async def send_batch(self, batch: RecordingBatch, topic: str, *, partition: int) -> Any:
+        self.sent.extend((topic, key, value, partition) for key, value in batch.records)
+        self.batches.append(batch.record_count())
+        return self._done()
+
+
+async def test_send_many_fills_batches_in_order_and_sends_an_oversized_record_alone() -> None:
+    producer = RecordingProducer(batch_room=30)
+    records = [(f"k{n}".encode(), b"x" * 10) for n in range(7)]
+    records.insert(4, (b"big", b"y" * 100))  # fits no batch: sent by itself
+    futures = await send_many(producer, "t", 2, records)  # type: ignore[arg-type]
+    assert [(k, v) for _, k, v, _ in producer.sent] == records  # nothing lost, order kept
+    assert {(t, p) for t, _, _, p in producer.sent} == {("t", 2)}
+    assert producer.batches == [3, 1, 3] and len(futures) == 4
 
 
 async def test_a_busy_flush_splits_dedupe_entries_below_the_message_limit(tmp_path: Path) -> None:
