@@ -33,23 +33,23 @@ BATCH_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000, float("inf")
 
 def observe_many(histogram: Any, values: list[float]) -> None:
     """`Histogram.observe` for a whole batch, negative values as 0: one locked add per bucket
-    instead of one per value (two per event cost the worker 10 % of its time).
+    instead of one per value (two per event cost the worker 10 % of its time). The values
+    are sorted (in C) and each bucket's count read off by bisection, so no Python runs per
+    value.
 
     Uses prometheus-client's per-bucket values (`_upper_bounds`, `_buckets`, `_sum`, as of
     0.26); `tests/unit/test_metrics.py` checks the exposition against `observe`."""
     if not values:
         return
-    bounds = histogram._upper_bounds
-    counts = [0] * len(bounds)
-    total = 0.0
-    for value in values:
-        value = max(0.0, value)
-        total += value
-        counts[bisect.bisect_left(bounds, value)] += 1
-    histogram._sum.inc(total)
-    for index, count in enumerate(counts):
-        if count:
-            histogram._buckets[index].inc(count)
+    ordered = sorted(values)
+    below = bisect.bisect_left(ordered, 0.0)  # negative: observed as 0
+    histogram._sum.inc(sum(ordered[below:]) if below else sum(values))
+    counted = 0
+    for index, bound in enumerate(histogram._upper_bounds):
+        upto = bisect.bisect_right(ordered, bound)  # a bucket holds the values <= its bound
+        if upto > counted:
+            histogram._buckets[index].inc(upto - counted)
+            counted = upto
 
 
 class WorkerMetrics:
