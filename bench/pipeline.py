@@ -135,15 +135,10 @@ async def end_to_end(
     before = {name: cpu_seconds(pid) for name, pid in cpu.items()}
     own_before = time.process_time()
     async with watch:
-        client = fast_producer(settings)
-        await client.start()
-        try:
-            started = time.monotonic()
-            await produce_all(client, topics.licenses, load.licences, lambda n: None)
-            await produce_all(client, topics.usage, load.usage, progress)
-            produced = time.monotonic()
-        finally:
-            await client.stop()
+        started = time.monotonic()
+        await produce_all(settings, topics.licenses, load.licences, lambda n: None)
+        await produce_all(settings, topics.usage, load.usage, progress)
+        produced = time.monotonic()
         worker_at, model_at = await watch.until_caught_up(settings.app_id, "end to end", total)
     done = max(worker_at, model_at)
     used = {
@@ -278,21 +273,16 @@ async def memory(
     worker = await asyncio.to_thread(start, "worker", env, workdir)
     try:
         async with Watch(settings, api_url) as watch:
-            client = fast_producer(settings)
-            await client.start()
-            try:
-                await produce_all(client, settings.topics.licenses, load.licences, lambda n: None)
-                done = 0
-                for point in points:
-                    batch = load.usage[done:point]
-                    await produce_all(client, settings.topics.usage, batch, lambda n: None)
-                    done = point
-                    what = f"memory at {point:,}"
-                    await watch.until_caught_up(settings.app_id, what, point, False)
-                    figures[f"worker_peak_rss_mib_at_{point}"] = worker.peak_rss_mib()
-                    figures[f"worker_rss_mib_at_{point}"] = worker.rss_mib()
-            finally:
-                await client.stop()
+            await produce_all(settings, settings.topics.licenses, load.licences, lambda n: None)
+            done = 0
+            for point in points:
+                batch = load.usage[done:point]
+                await produce_all(settings, settings.topics.usage, batch, lambda n: None)
+                done = point
+                what = f"memory at {point:,}"
+                await watch.until_caught_up(settings.app_id, what, point, False)
+                figures[f"worker_peak_rss_mib_at_{point}"] = worker.peak_rss_mib()
+                figures[f"worker_rss_mib_at_{point}"] = worker.rss_mib()
     finally:
         worker.stop()
     first, last = points[0], points[-1]
