@@ -118,6 +118,37 @@ def test_the_archive_keeps_what_does_not_parse(tmp_path: Path) -> None:
     assert rows[0][5] == dt.datetime(2026, 10, 2, tzinfo=dt.UTC)
 
 
+ENVELOPES = [
+    # (raw value, (type, source, id, subject, data, payload)): a field is read only where it
+    # is a JSON string (`data`: an object); the first of repeated keys wins; a value that
+    # is no JSON object is kept whole as `payload`
+    (b'{"type":"a","type":"b","id":"x","id":7,"data":{"q":1},"data":[1]}',
+     ("a", None, "x", None, '{"q":1}', None)),
+    (b'{"type":null,"source":"s","subject":"t\\u0000x","data":{}}',
+     (None, "s", None, "t\x00x", "{}", None)),
+    (b'  {"id":"a","source":5}  ', (None, None, "a", None, None, None)),
+    (b'{"data":{"a":{"b":[1,{"c":"d"}]}},"subject":"\\"q\\""}',
+     (None, None, None, '"q"', '{"a":{"b":[1,{"c":"d"}]}}', None)),
+    (b'{"data":"x"}', (None, None, None, None, None, None)),
+    (b'"str"', (None, None, None, None, None, '"str"')),
+    (b'{"id":"a"} x', (None, None, None, None, None, '{"id":"a"} x')),
+    (b"", (None, None, None, None, None, "")),
+]  # fmt: skip
+
+
+def test_the_archive_reads_each_envelope_field_as_json_has_it(tmp_path: Path) -> None:
+    projector = Projector(Settings(kafka_bootstrap="unused:1"), PLAN, tmp_path / "rm.duckdb")
+    projector.write(
+        [Record("usage-events", 0, n, LOG_MS, None, raw) for n, (raw, _) in enumerate(ENVELOPES)]
+    )
+    with projector.reader() as cur:
+        rows = cur.execute(
+            'SELECT type, source, id, subject, data, payload FROM raw_events ORDER BY "offset"'
+        ).fetchall()
+    projector.close()
+    assert rows == [expected for _, expected in ENVELOPES]
+
+
 def test_decimal_text_keeps_cents_and_drops_padding() -> None:
     from decimal import Decimal
 
