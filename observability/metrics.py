@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,6 +42,8 @@ def observe_many(histogram: Any, values: list[float]) -> None:
     0.26); `tests/unit/test_metrics.py` checks the exposition against `observe`."""
     if not values:
         return
+    if math.isnan(sum(values)):  # a NaN (or inf - inf): NaN is observed as 0, as `max` did
+        values = [0.0 if math.isnan(v) else v for v in values]
     ordered = sorted(values)
     below = bisect.bisect_left(ordered, 0.0)  # negative: observed as 0
     histogram._sum.inc(sum(ordered[below:]) if below else sum(values))

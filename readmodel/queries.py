@@ -10,7 +10,7 @@ from typing import Any
 import duckdb
 import orjson
 
-from readmodel.usage_sql import NO_CUTOFF, monthly_usage
+from readmodel.usage_sql import NO_CUTOFF, month_bounds, monthly_usage
 from schemas.records import CLOSE_REQUESTED
 
 CENT = Decimal("0.01")
@@ -45,12 +45,17 @@ def _rows(
     ]
 
 
+def _zone(cur: duckdb.DuckDBPyConnection) -> str:
+    """The billing time zone of the loaded plan."""
+    tz = cur.execute("SELECT billing_timezone FROM plan_versions LIMIT 1").fetchone()
+    return str(tz[0]) if tz else "UTC"
+
+
 def _recomputed(
     cur: duckdb.DuckDBPyConnection, upto: str, one_tenant: bool = False, one_month: bool = False
 ) -> str:
     """The monthly-usage SQL in the billing time zone of the loaded plan."""
-    tz = cur.execute("SELECT billing_timezone FROM plan_versions LIMIT 1").fetchone()
-    return monthly_usage(upto, tz[0] if tz else "UTC", one_tenant, one_month)
+    return monthly_usage(upto, _zone(cur), one_tenant, one_month)
 
 
 def invoice_lines(cur: duckdb.DuckDBPyConnection, month: str) -> list[dict[str, Any]]:
@@ -196,7 +201,7 @@ def audit(cur: duckdb.DuckDBPyConnection, month: str, usage_topic: str) -> list[
            OR COALESCE(e.packages, 0) <> COALESCE(s.packages, 0)
         ORDER BY 1, 2
         """,  # noqa: S608 - our own SQL; month values are bound
-        {"month": month},
+        month_bounds(cur, _zone(cur), month),
     )
 
 

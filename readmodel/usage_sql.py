@@ -10,6 +10,9 @@ every event (`monthly_usage(one_month=True)`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
+
+import duckdb
 
 from schemas.services import Catalog, ServiceSpec
 
@@ -29,6 +32,18 @@ def _amount(spec: ServiceSpec) -> str:
 
 
 NO_CUTOFF = 'SELECT NULL::INTEGER AS "partition", NULL::BIGINT AS before WHERE false'
+
+
+def month_bounds(cur: duckdb.DuckDBPyConnection, tz: str, month: str) -> dict[str, Any]:
+    """The parameters of `monthly_usage(one_month=True)`: the month and its first and last
+    instant in `tz`, worked out by DuckDB as the views work out an event's month."""
+    starts, ends = cur.execute(
+        f"SELECT timezone('{tz}', strptime($m || '-01', '%Y-%m-%d')::TIMESTAMP), "
+        f"timezone('{tz}', (strptime($m || '-01', '%Y-%m-%d') + INTERVAL 1 MONTH)::TIMESTAMP)",
+        {"m": month},
+    ).fetchone() or (None, None)
+    return {"month": month, "starts": starts, "ends": ends}
+
 
 _MAX = 9223372036854775807
 
@@ -56,18 +71,21 @@ def _counted(of: str, tenant: str, tz: str, one_month: bool) -> str:
     to tell first from later, so the result is exact. A whole-archive window sorted every
     event and took 3/4 of an audit."""
     if one_month:
-        # The month's bounds, computed once; `month` for every row is a constant.
-        span = f"""
-span AS (SELECT timezone('{tz}', strptime($month || '-01', '%Y-%m-%d')::TIMESTAMP) AS starts,
-                timezone('{tz}', (strptime($month || '-01', '%Y-%m-%d')
-                                  + INTERVAL 1 MONTH)::TIMESTAMP) AS ends),"""
+        # Bound as `$starts` and `$ends` (`month_bounds`): constants, so that the common
+        # case is one comparison per row. Within a day of either bound the event's own month
+        # decides: where midnight of the 1st happens twice (a clock set back at 01:00), the
+        # range alone would cut wrongly. A CASE computes that month only for those rows.
         month, within = (
             "$month",
-            "l.time >= (SELECT starts FROM span) AND l.time < (SELECT ends FROM span)",
+            f"""CASE WHEN l.time >= $starts + INTERVAL 1 DAY AND l.time < $ends - INTERVAL 1 DAY
+                     THEN true
+                     WHEN l.time >= $starts - INTERVAL 1 DAY AND l.time < $ends + INTERVAL 1 DAY
+                     THEN strftime(timezone('{tz}', l.time), '%Y-%m') = $month
+                     ELSE false END""",
         )
     else:
-        span, month, within = "", "l.month", "true"
-    return f"""{span}
+        month, within = "l.month", "true"
+    return f"""
 log AS NOT MATERIALIZED (
     SELECT * FROM usage_events_of({of}) u
     WHERE u."offset" < COALESCE((SELECT x.before FROM upto x WHERE x."partition" = u."partition"),

@@ -24,7 +24,10 @@ def tune_collector(young: int = YOUNG) -> None:
 
 
 def freeze_long_lived() -> None:
-    """Collect once, then exempt every object alive now from later collections (a restored
-    state, a loaded plan): they live as long as the process, and walking them is waste."""
+    """Exempt every object alive now from later collections (a restored state, a loaded
+    plan): they live until the next rebalance, and walking them is waste. What an earlier
+    call froze is thawed and collected first, so that a cycle alive then (a finished
+    client, a replaced state) is freed now instead of never."""
+    gc.unfreeze()
     gc.collect()
     gc.freeze()

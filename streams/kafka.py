@@ -118,13 +118,11 @@ async def send_many(
     batch = producer.create_batch()
     for key, value in records:
         if batch.append(key=key, value=value, timestamp=None) is None:
-            if batch.record_count() > 0:
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = producer.create_batch()
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+            batch = producer.create_batch()
+            # An empty batch takes any record (the broker judges its size, as with `send`).
             if batch.append(key=key, value=value, timestamp=None) is None:
-                # larger than a whole batch: `send` takes it up to the request size
-                futures.append(await producer.send(topic, value, key=key, partition=partition))
-                batch = producer.create_batch()
+                raise ValueError(f"a record of {len(value)} bytes fits no batch")
     if batch.record_count() > 0:
         futures.append(await producer.send_batch(batch, topic, partition=partition))
     return futures

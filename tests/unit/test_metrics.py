@@ -110,7 +110,14 @@ def test_worker_counts_a_batch_by_service_and_outcome() -> None:
 
 
 @pytest.mark.parametrize(
-    "values", [[], [0.0], [-1.0, 0.05, 0.0501, 7.5, 86400.0, 1e9], [0.1] * 5 + [2.5, 3600.0]]
+    "values",
+    [
+        [],
+        [0.0],
+        [-1.0, 0.05, 0.0501, 7.5, 86400.0, 1e9],
+        [0.1] * 5 + [2.5, 3600.0],
+        [3.0, float("nan"), 1.0, 0.5],
+    ],
 )
 def test_observe_many_exposes_what_observe_would(values: list[float]) -> None:
     one, many = CollectorRegistry(), CollectorRegistry()

@@ -19,7 +19,7 @@ from projections.memory import MemoryState
 from projections.tenant import rate_month
 from readmodel.queries import decimal_text, usage
 from readmodel.rows import FORWARDED_FROM, Record
-from readmodel.usage_sql import NO_CUTOFF, monthly_usage
+from readmodel.usage_sql import NO_CUTOFF, month_bounds, monthly_usage, usage_views
 from runtime.settings import Settings
 from schemas.services import default_catalog
 from streams.projector import Projector
@@ -147,6 +147,41 @@ def test_the_archive_reads_each_envelope_field_as_json_has_it(tmp_path: Path) ->
         ).fetchall()
     projector.close()
     assert rows == [expected for _, expected in ENVELOPES]
+
+
+def test_one_month_alone_counts_an_event_in_a_midnight_that_happens_twice(
+    tmp_path: Path,
+) -> None:
+    """Havana set its clocks back from 01:00 to 00:00 on 2020-11-01, so midnight came twice
+    (04:00 and 05:00 UTC); an event at 04:30 UTC belongs to November by its own time. The
+    month asked for alone must count it where the whole view does."""
+
+    def chat(id_: str, time: str) -> bytes:
+        return orjson.dumps({
+            "specversion": "1.0", "id": id_, "source": "crm/chat",
+            "type": "metering.chat.started", "subject": "tenant-00001", "time": time,
+            "data": {"quantity": 1},
+        })  # fmt: skip
+
+    times = ["2020-10-31T12:00:00Z", "2020-11-01T03:30:00Z", "2020-11-01T04:30:00Z",
+             "2020-11-01T05:30:00Z", "2020-11-30T12:00:00Z", "2020-12-01T04:59:00Z"]  # fmt: skip
+    projector = Projector(Settings(kafka_bootstrap="unused:1"), PLAN, tmp_path / "rm.duckdb")
+    projector.write(
+        [Record("usage-events", 0, n, LOG_MS, None, chat(str(n), t)) for n, t in enumerate(times)]
+    )
+    tz = "America/Havana"
+    with projector.reader() as cur:
+        cur.execute(usage_views("usage-events", tz, default_catalog()))
+        whole = cur.execute(f"{monthly_usage(NO_CUTOFF, tz)} ORDER BY ALL").fetchall()
+        for month in ("2020-10", "2020-11", "2020-12"):
+            alone = cur.execute(
+                f"{monthly_usage(NO_CUTOFF, tz, one_month=True)} ORDER BY ALL",
+                month_bounds(cur, tz, month),
+            ).fetchall()
+            assert alone == [row for row in whole if row[1] == month]
+    projector.close()
+    events = {(row[1], row[2]): row[-3] for row in whole}
+    assert (events[("2020-10", "chat")], events[("2020-11", "chat")]) == (2, 4)
 
 
 def test_decimal_text_keeps_cents_and_drops_padding() -> None:
@@ -337,7 +372,7 @@ def test_the_duplicate_search_is_exact_whatever_the_hash_says(tmp_path: Path) ->
             assert cur.execute(f"{sql} ORDER BY ALL").fetchall() == expected
         alone = cur.execute(
             f"{monthly_usage(NO_CUTOFF, tz, one_month=True)} ORDER BY ALL",
-            {"month": MONTH},
+            month_bounds(cur, tz, MONTH),
         ).fetchall()
         events = cur.execute(
             "SELECT count(DISTINCT (tenant, source, id)) FROM usage_events WHERE month = ?",

@@ -90,17 +90,15 @@ def test_index_files_of_dead_workers_are_removed(tmp_path: Path) -> None:
 
 
 class RecordingBatch:
-    """aiokafka's `BatchBuilder` as `send_many` uses it: full at `room` bytes, except that
-    an empty batch takes one record of up to twice that (Kafka's own first-record rule
-    differs; what matters is that some record may not fit even an empty batch)."""
+    """aiokafka's `BatchBuilder` as `send_many` uses it: full at `room` bytes; an empty
+    batch takes any record, as aiokafka's does."""
 
     def __init__(self, room: int) -> None:
         self.room, self.records, self.closed = room, [], False
 
     def append(self, *, key: bytes, value: bytes, timestamp: None) -> Any:
         used = sum(len(v) for _, v in self.records)
-        limit = self.room * 2 if not self.records else self.room
-        if self.closed or used + len(value) > limit:
+        if self.closed or (self.records and used + len(value) > self.room):
             self.closed = True
             return None
         self.records.append((key, value))
@@ -138,14 +136,14 @@ class RecordingProducer:
         return self._done()
 
 
-async def test_send_many_fills_batches_in_order_and_sends_an_oversized_record_alone() -> None:
+async def test_send_many_fills_batches_in_order_and_gives_a_large_record_its_own() -> None:
     producer = RecordingProducer(batch_room=30)
     records = [(f"k{n}".encode(), b"x" * 10) for n in range(7)]
-    records.insert(4, (b"big", b"y" * 100))  # fits no batch: sent by itself
+    records.insert(4, (b"big", b"y" * 100))  # larger than a batch: alone in one
     futures = await send_many(producer, "t", 2, records)  # type: ignore[arg-type]
     assert [(k, v) for _, k, v, _ in producer.sent] == records  # nothing lost, order kept
     assert {(t, p) for t, _, _, p in producer.sent} == {("t", 2)}
-    assert producer.batches == [3, 1, 3] and len(futures) == 4
+    assert producer.batches == [3, 1, 1, 3] and len(futures) == 4
 
 
 async def test_a_busy_flush_splits_dedupe_entries_below_the_message_limit(tmp_path: Path) -> None:
