@@ -51,11 +51,9 @@ def _zone(cur: duckdb.DuckDBPyConnection) -> str:
     return str(tz[0]) if tz else "UTC"
 
 
-def _recomputed(
-    cur: duckdb.DuckDBPyConnection, upto: str, one_tenant: bool = False, one_month: bool = False
-) -> str:
+def _recomputed(cur: duckdb.DuckDBPyConnection, upto: str, one_tenant: bool = False) -> str:
     """The monthly-usage SQL in the billing time zone of the loaded plan."""
-    return monthly_usage(upto, _zone(cur), one_tenant, one_month)
+    return monthly_usage(upto, _zone(cur), one_tenant)
 
 
 def invoice_lines(cur: duckdb.DuckDBPyConnection, month: str) -> list[dict[str, Any]]:
@@ -181,7 +179,8 @@ def audit(cur: duckdb.DuckDBPyConnection, month: str, usage_topic: str) -> list[
             ) GROUP BY ALL
         ) GROUP BY "partition"
     """  # noqa: S608 - the topic name is validated by Settings
-    recomputed = _recomputed(cur, upto, one_month=True)
+    tz = _zone(cur)
+    recomputed = monthly_usage(upto, tz, one_month=True)
     return _rows(
         cur,
         f"""
@@ -201,7 +200,7 @@ def audit(cur: duckdb.DuckDBPyConnection, month: str, usage_topic: str) -> list[
            OR COALESCE(e.packages, 0) <> COALESCE(s.packages, 0)
         ORDER BY 1, 2
         """,  # noqa: S608 - our own SQL; month values are bound
-        month_bounds(cur, _zone(cur), month),
+        month_bounds(cur, tz, month),
     )
 
 

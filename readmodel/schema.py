@@ -105,6 +105,11 @@ def widen(con: duckdb.DuckDBPyConnection) -> None:
 # instead of once per field and check: 16 times, 3 us a record of DuckDB's time.
 _FIELDS = ("type", "source", "id", "subject", "time")
 _PATHS = ", ".join(f"'$.{n}'" for n in _FIELDS)
+# `t` holds the JSON types of the document and of each path, `s` the paths' texts.
+_TEXTS = ", ".join(
+    f"CASE WHEN obj AND t[{i + 2}] = 'VARCHAR' THEN s[{i + 1}] END AS {name}"
+    for i, name in enumerate(_FIELDS[:4])
+)
 ARCHIVE = rf"""
 INSERT INTO raw_events BY NAME
 WITH typed AS (
@@ -115,19 +120,10 @@ WITH typed AS (
 ), objects AS (
     SELECT *, COALESCE(t[1] = 'OBJECT', false) AS obj FROM typed
 ), fields AS (
-    SELECT *, CASE WHEN obj THEN json_extract_string(value, [{
-    ", ".join(f"'$.{n}'" for n in _FIELDS)
-}])
-              END AS s
+    SELECT *, CASE WHEN obj THEN json_extract_string(value, [{_PATHS}]) END AS s
     FROM objects
 )
-SELECT topic, "partition", "offset", log_time, key, forwarded_from,
-       {
-    ", ".join(
-        f"CASE WHEN obj AND t[{i + 2}] = 'VARCHAR' THEN s[{i + 1}] END AS {n}"
-        for i, n in enumerate(_FIELDS[:4])
-    )
-},
+SELECT topic, "partition", "offset", log_time, key, forwarded_from, {_TEXTS},
        CASE WHEN obj AND t[6] = 'VARCHAR' AND regexp_matches(s[5], '(Z|z|[+-]\d{{2}}:?\d{{2}})$')
             THEN TRY_CAST(s[5] AS TIMESTAMPTZ) END AS time,
        CASE WHEN obj AND t[7] = 'OBJECT' THEN json_extract(value, '$.data') END AS data,

@@ -34,13 +34,27 @@ def _amount(spec: ServiceSpec) -> str:
 NO_CUTOFF = 'SELECT NULL::INTEGER AS "partition", NULL::BIGINT AS before WHERE false'
 
 
+# A month in the billing time zone, as every view and query works it out: the month of an
+# instant, and the instants at which a month ("YYYY-MM") starts and ends.
+def _month_of(tz: str, instant: str) -> str:
+    return f"strftime(timezone('{tz}', {instant}), '%Y-%m')"
+
+
+def _month_starts(tz: str, month: str) -> str:
+    return f"timezone('{tz}', strptime({month} || '-01', '%Y-%m-%d')::TIMESTAMP)"
+
+
+def _month_ends(tz: str, month: str) -> str:
+    return (
+        f"timezone('{tz}', (strptime({month} || '-01', '%Y-%m-%d') + INTERVAL 1 MONTH)::TIMESTAMP)"
+    )
+
+
 def month_bounds(cur: duckdb.DuckDBPyConnection, tz: str, month: str) -> dict[str, Any]:
     """The parameters of `monthly_usage(one_month=True)`: the month and its first and last
     instant in `tz`, worked out by DuckDB as the views work out an event's month."""
     starts, ends = cur.execute(
-        f"SELECT timezone('{tz}', strptime($m || '-01', '%Y-%m-%d')::TIMESTAMP), "
-        f"timezone('{tz}', (strptime($m || '-01', '%Y-%m-%d') + INTERVAL 1 MONTH)::TIMESTAMP)",
-        {"m": month},
+        f"SELECT {_month_starts(tz, '$m')}, {_month_ends(tz, '$m')}", {"m": month}
     ).fetchone() or (None, None)
     return {"month": month, "starts": starts, "ends": ends}
 
@@ -80,7 +94,7 @@ def _counted(of: str, tenant: str, tz: str, one_month: bool) -> str:
             f"""CASE WHEN l.time >= $starts + INTERVAL 1 DAY AND l.time < $ends - INTERVAL 1 DAY
                      THEN true
                      WHEN l.time >= $starts - INTERVAL 1 DAY AND l.time < $ends + INTERVAL 1 DAY
-                     THEN strftime(timezone('{tz}', l.time), '%Y-%m') = $month
+                     THEN {_month_of(tz, "l.time")} = $month
                      ELSE false END""",
         )
     else:
@@ -127,9 +141,7 @@ WITH upto AS ({upto}), {_counted(of, tenant, tz, one_month)}, sums AS (
     CROSS JOIN (SELECT DISTINCT service FROM plan_rates) s
     LEFT JOIN sums x ON x.tenant = k.tenant AND x.month = k.month AND x.service = s.service
 ), bounds AS (
-    SELECT *, timezone('{tz}', strptime(month || '-01', '%Y-%m-%d')::TIMESTAMP) AS starts,
-           timezone('{tz}', (strptime(month || '-01', '%Y-%m-%d') + INTERVAL 1 MONTH)::TIMESTAMP)
-             AS ends
+    SELECT *, {_month_starts(tz, "month")} AS starts, {_month_ends(tz, "month")} AS ends
     FROM grid
 ), snaps AS (
     SELECT * FROM licence_snapshots_of({of}) s
@@ -218,7 +230,7 @@ CREATE OR REPLACE VIEW folded_log AS SELECT * FROM folded_log_of(NULL);
 CREATE OR REPLACE MACRO usage_events_of(t) AS TABLE
 SELECT r."partition", r."offset", r.log_time, r.subject AS tenant, r.source, r.id, r.time,
        {_case("r.type", catalog, lambda s: f"'{s.name}'")} AS service,
-       strftime(timezone('{tz}', r.time), '%Y-%m') AS month,
+       {_month_of(tz, "r.time")} AS month,
        {_case("r.type", catalog, _amount)} AS amount,
        {_case("r.type", catalog, lambda s: str(s.peak).lower())} AS peak
 FROM folded_log_of(t) r
