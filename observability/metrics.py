@@ -42,11 +42,13 @@ def observe_many(histogram: Any, values: list[float]) -> None:
     0.26); `tests/unit/test_metrics.py` checks the exposition against `observe`."""
     if not values:
         return
-    if math.isnan(sum(values)):  # a NaN (or inf - inf): NaN is observed as 0, as `max` did
+    total = sum(values)
+    if math.isnan(total):  # a NaN (or inf - inf): NaN is observed as 0, as `max` did
         values = [0.0 if math.isnan(v) else v for v in values]
+        total = sum(values)
     ordered = sorted(values)
     below = bisect.bisect_left(ordered, 0.0)  # negative: observed as 0
-    histogram._sum.inc(sum(ordered[below:]) if below else sum(values))
+    histogram._sum.inc(sum(ordered[below:]) if below else total)
     counted = 0
     for index, bound in enumerate(histogram._upper_bounds):
         upto = bisect.bisect_right(ordered, bound)  # a bucket holds the values <= its bound
