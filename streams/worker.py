@@ -37,7 +37,7 @@ from projections.events import CloseMarkerSeen, Decoded, Position, UsageRecorded
 from projections.months import auto_close_due
 from projections.plain import PlainUsage, plain_decoder
 from projections.tenant import Triggers
-from runtime.collector import freeze_long_lived, tune_collector
+from runtime.collector import HeapTrimmer, freeze_long_lived, tune_collector
 from runtime.settings import Settings
 from schemas.records import DeadLetter
 from streams import routing
@@ -87,6 +87,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
         self.folded: dict[TopicPartition, int] = {}  # next offset to commit, per partition
         self.pending: list[asyncio.Future[Any]] = []  # sends not yet acknowledged
         self.last_flush = time.monotonic()
+        self.trim_heap = HeapTrimmer(time.monotonic)
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._outputs: Outputs | None = None
@@ -187,6 +188,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships
             await self.consumer.commit(dict(self.folded))
             self.folded.clear()
         self.last_flush = time.monotonic()
+        self.trim_heap()
 
     async def fold(self, fetched: dict[TopicPartition, list[Record]]) -> None:
         here: list[Decoded | PlainUsage | DeadLetter] = []
