@@ -9,6 +9,7 @@ COPY projections projections
 COPY observability observability
 COPY readmodel readmodel
 COPY streams streams
+COPY notify notify
 COPY api api
 COPY web web
 COPY server server

@@ -32,7 +32,7 @@ lint: install ## ruff, import contracts (.importlinter), bandit, docker-compose.
 	$(BIN)/ruff format --check .
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/bandit -q -c pyproject.toml -r runtime schemas billing projections observability readmodel streams api web server metering bench
+	$(BIN)/bandit -q -c pyproject.toml -r runtime schemas billing projections observability readmodel streams notify api web server metering bench
 
 format: install ## Format and fix what ruff can
 	$(BIN)/ruff format .

@@ -14,7 +14,7 @@ from api.headers import install_security_headers
 from api.ingest import Ingestor
 from api.limits import install_body_limits
 from api.metrics import instrument
-from api.routes import finance, health, ingest, invoices, tenants
+from api.routes import finance, health, ingest, invoices, tenants, webhooks
 from api.service import ReadModelService
 
 
@@ -27,7 +27,7 @@ def create_api(
     app.state.service = service
     app.state.ingestor = Ingestor(service.settings, service.plan)
     app.state.finance_sql = FinanceSql(service.settings)
-    for area in (health, ingest, invoices, tenants, finance):
+    for area in (health, ingest, invoices, tenants, finance, webhooks):
         app.include_router(area.router)
     for mount in extra:
         mount(app)

@@ -118,6 +118,21 @@ def projector() -> None:
 
 
 @main.command()
+def notifier() -> None:
+    """Run the notifier in the foreground: signed webhooks for threshold crossings to every
+    subscription that wants them (`POST /v1/webhooks`), retried for 24 hours.
+
+    A Faust app in the consumer group `<METERING_APP_ID>-notifier`; its metrics are served
+    like a worker's (METERING_METRICS_HOST:METERING_METRICS_PORT)."""
+    from notify.run import run_notifier
+    from streams.kafka import ensure_topics
+
+    settings = cli_settings()
+    run_async(ensure_topics(settings))
+    run_notifier(settings)
+
+
+@main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def send(file: Path) -> None:
     """Publish a JSONL FILE of CloudEvents, each to the topic of its type.

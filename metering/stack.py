@@ -1,5 +1,6 @@
 """The local stack: a Kafka broker (unless one is configured), the topics, one or more workers
-(one consumer group: they split the partitions) and the projector with the read-model API.
+(one consumer group: they split the partitions), the projector with the read-model API, and
+the notifier (webhooks).
 
 `run_stack` runs it in the foreground and records it in `<data dir>/stack.json`, so that every
 later command with the same data dir finds it; `start_detached` runs it in the background and
@@ -102,8 +103,8 @@ def worker_names(workers: int) -> list[str]:
 def run_stack(
     settings: Settings, on_ready: Any = None, timeout: float = 180.0, workers: int = 1
 ) -> None:
-    """Run broker, `workers` workers and the projector until SIGINT/SIGTERM; `on_ready()` is
-    called once all is up."""
+    """Run broker, `workers` workers, the projector and the notifier until SIGINT/SIGTERM;
+    `on_ready()` is called once all is up."""
     if read_record(settings) is not None:
         raise StackError(f"a stack already runs in {settings.data_dir}; `metering down` first")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -130,12 +131,15 @@ def run_stack(
         _write_record(settings, **record)
         local = settings.model_copy(update={"kafka_bootstrap": bootstrap})
         asyncio.run(ensure_topics(local))
-        for name in [*worker_names(workers), "projector"]:
-            component = "projector" if name == "projector" else "worker"
+        for name in [*worker_names(workers), "projector", "notifier"]:
+            component = name if name in {"projector", "notifier"} else "worker"
             ready_file = settings.data_dir / f"{name}.ready"
             started[name] = _start(component, local, bootstrap, ready_file, name)
         pids = [started[name].pid for name in worker_names(workers)]
-        record.update(worker_pid=pids[0], worker_pids=pids, projector_pid=started["projector"].pid)
+        record.update(
+            worker_pid=pids[0], worker_pids=pids, projector_pid=started["projector"].pid,
+            notifier_pid=started["notifier"].pid,
+        )  # fmt: skip
         _write_record(settings, **record)
         record.update(_when_ready(settings, started, workers, timeout))
         record["ready"] = True
@@ -164,6 +168,7 @@ def _when_ready(
     metrics = {
         "metering-worker": [ready[name]["metrics_url"] for name in worker_names(workers)],
         "metering-projector": f"{api_url}/metrics",
+        "metering-notifier": ready["notifier"]["metrics_url"],
     }
     return {"api_url": api_url, "metrics": metrics}
 
@@ -230,7 +235,9 @@ def stop_stack(settings: Settings, timeout: float = 60.0) -> bool:
         record = json.loads(settings.stack_file.read_text())
     except (OSError, ValueError):
         return False
-    pids = [record.get(k) for k in ("pid", "worker_pid", "projector_pid", "broker_pid")]
+    pids = [
+        record.get(k) for k in ("pid", "worker_pid", "projector_pid", "notifier_pid", "broker_pid")
+    ]
     pids += record.get("worker_pids") or []
     stop_process(int(record["pid"]), timeout)
     started_here = _detached.pop(int(record["pid"]), None)

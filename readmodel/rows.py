@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from projections.binding import is_binary, structured
 from projections.rejection import Rejected
 from schemas.records import DeadLetter, InvoiceLine, MonthClosed, ThresholdCrossed
+from schemas.webhooks import WebhookAttempt, WebhookSubscription
 
 FORWARDED_FROM = (
     "metering-forwarded-from"  # streams.routing writes it; readmodel may not import streams
@@ -103,6 +104,8 @@ OUTPUT_MODELS: dict[str, type[BaseModel]] = {
     "threshold_crossings": ThresholdCrossed,
     "dead_letters": DeadLetter,
     "month_closes": MonthClosed,
+    "webhook_subscriptions": WebhookSubscription,
+    "webhook_deliveries": WebhookAttempt,
 }
 
 

@@ -57,6 +57,15 @@ ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS headers JSON;
 CREATE TABLE IF NOT EXISTS month_closes (
     id VARCHAR PRIMARY KEY, close_id VARCHAR NOT NULL, month VARCHAR NOT NULL,
     "partition" INTEGER NOT NULL, tenants BIGINT, lines BIGINT, amount DECIMAL(38, 2));
+CREATE TABLE IF NOT EXISTS webhook_subscriptions (
+    id VARCHAR NOT NULL, tenant VARCHAR, owner VARCHAR NOT NULL, url VARCHAR NOT NULL,
+    event_types VARCHAR[] NOT NULL, description VARCHAR, created_at TIMESTAMPTZ NOT NULL,
+    deleted_at TIMESTAMPTZ, version INTEGER NOT NULL, PRIMARY KEY (id, version));
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id VARCHAR PRIMARY KEY, subscription VARCHAR NOT NULL, webhook_id VARCHAR NOT NULL,
+    event_type VARCHAR NOT NULL, tenant VARCHAR, attempt INTEGER NOT NULL,
+    attempted_at TIMESTAMPTZ NOT NULL, status_code INTEGER, error VARCHAR, outcome VARCHAR NOT NULL,
+    next_try TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS plan_versions (
     version VARCHAR PRIMARY KEY, effective_from DATE NOT NULL, currency VARCHAR NOT NULL,
     billing_timezone VARCHAR NOT NULL);

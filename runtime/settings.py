@@ -183,6 +183,16 @@ class Settings(BaseSettings):
         default=False,
         description="Mark /ui cookies Secure even on plain HTTP (behind a TLS proxy).",
     )
+    webhook_signing_key: SecretStr | None = Field(
+        default=None,
+        description="Derives each webhook subscription's signing secret; the API and the "
+        "notifier share it. Unset: a random one kept in <data dir>/webhook-signing.key.",
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Let webhook endpoints be loopback, private or other non-public addresses "
+        "(a local receiver; tests).",
+    )
     ready_file: Path | None = Field(
         default=None,
         description="Written by a worker once it has partitions and state, and by the projector "
@@ -205,7 +215,7 @@ class Settings(BaseSettings):
         description="Per-tenant usage ratio series for this many top tenants; 0: none.",
     )
 
-    @field_validator("session_secret")
+    @field_validator("session_secret", "webhook_signing_key")
     @classmethod
     def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
         # A short secret can be guessed offline from any cookie, and sessions forged with it.

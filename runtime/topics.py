@@ -15,6 +15,8 @@ class Topics:
     lines: str
     dead_letters: str
     closes: str
+    subscriptions: str
+    deliveries: str
 
     @property
     def inputs(self) -> tuple[str, str]:
@@ -31,6 +33,8 @@ class Topics:
             self.lines,
             self.dead_letters,
             self.closes,
+            self.subscriptions,
+            self.deliveries,
         )
 
 
@@ -43,4 +47,6 @@ def topics_named(prefix: str = "") -> Topics:
         lines=f"{prefix}invoice-lines",
         dead_letters=f"{prefix}dead-letters",
         closes=f"{prefix}month-closes",
+        subscriptions=f"{prefix}webhook-subscriptions",
+        deliveries=f"{prefix}webhook-deliveries",
     )

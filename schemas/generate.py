@@ -18,6 +18,7 @@ from schemas.records import (
 )
 from schemas.services import default_catalog, payload_model
 from schemas.system_events import SystemEventData
+from schemas.webhooks import WebhookAttempt, WebhookMessage, WebhookSubscription
 
 MODELS: dict[str, type[BaseModel]] = {
     "cloudevent": CloudEvent,
@@ -29,6 +30,9 @@ MODELS: dict[str, type[BaseModel]] = {
     "dead_letter": DeadLetter,
     "month_close_requested": MonthCloseRequested,
     "month_closed": MonthClosed,
+    "webhook_subscription": WebhookSubscription,
+    "webhook_attempt": WebhookAttempt,
+    "webhook_message": WebhookMessage,
 }
 
 SCHEMA_DIR = Path(__file__).parent / "jsonschema"

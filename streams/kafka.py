@@ -12,10 +12,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from runtime.settings import Settings
+from runtime.topics import Topics
 
 # Decisions are judged against the time a record entered the log (docs/events.md), so the input
 # topics stamp it themselves instead of trusting the producer's clock.
 INPUT_CONFIG = {"message.timestamp.type": "LogAppendTime"}
+# The last record of each subscription is all that matters (a deletion is a record too).
+SUBSCRIPTIONS_CONFIG = {"cleanup.policy": "compact"}
 
 
 class TopicLayoutError(RuntimeError):
@@ -42,10 +45,15 @@ async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]
         await client.close()
 
 
+def _configs(topics: Topics, name: str) -> dict[str, str]:
+    if name in topics.inputs or name == topics.system:
+        return INPUT_CONFIG
+    return SUBSCRIPTIONS_CONFIG if name == topics.subscriptions else {}
+
+
 async def ensure_topics(settings: Settings, replication: int = 1) -> None:
     """Create the contract topics if missing; input topics must be co-partitioned."""
     topics = settings.topics
-    inputs = {topics.usage, topics.licenses, topics.system}
     async with admin_client(settings) as admin:
         existing = set(await admin.list_topics())
         new = [
@@ -53,7 +61,7 @@ async def ensure_topics(settings: Settings, replication: int = 1) -> None:
                 name,
                 settings.partitions,
                 replication,
-                topic_configs=INPUT_CONFIG if name in inputs else {},
+                topic_configs=_configs(topics, name),
             )
             for name in topics.all
             if name not in existing

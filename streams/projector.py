@@ -51,6 +51,8 @@ def table_of(settings: Settings) -> dict[str, str]:
         t.lines: "invoice_lines",
         t.dead_letters: "dead_letters",
         t.closes: "month_closes",
+        t.subscriptions: "webhook_subscriptions",
+        t.deliveries: "webhook_deliveries",
     }
 
 

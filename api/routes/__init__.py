@@ -4,5 +4,6 @@
 - `ingest`: CloudEvents in, produced to Kafka;
 - `invoices`: a month's invoice lines;
 - `tenants`: a tenant's usage, licences and system events, and threshold crossings;
-- `finance`: finance only: the audit of a month, and read-only SQL.
+- `finance`: finance only: the audit of a month, and read-only SQL;
+- `webhooks`: webhook subscriptions (finance, or a tenant for its own) and their delivery log.
 """

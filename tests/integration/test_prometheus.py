@@ -57,7 +57,7 @@ def test_alert_rules_pass_promtool_checks_and_unit_tests() -> None:
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 6 rules found" in checked.stdout
+    assert "SUCCESS: 7 rules found" in checked.stdout
     tested = subprocess.run(
         [promtool, "test", "rules", "metering_test.yml"],
         cwd=OPS / "prometheus" / "tests", capture_output=True, text=True, check=False,
@@ -95,7 +95,7 @@ def test_compose_file_refers_to_files_that_exist_and_agree() -> None:
         assert "healthcheck" in service, f"{name} has no health check"
     prometheus = yaml.safe_load((OPS / "prometheus" / "prometheus.yml").read_text())
     jobs = {job["job_name"] for job in prometheus["scrape_configs"]}
-    assert jobs == {"metering-worker", "metering-projector"}
+    assert jobs == {"metering-worker", "metering-projector", "metering-notifier"}
     # Compose runs with API keys, so every job sends the metrics key that compose mounts.
     assert all(
         "METERING_API_KEYS" in compose["services"][s]["environment"] for s in ("worker", "api")

@@ -217,8 +217,10 @@ def metric_definitions() -> Iterator[tuple[str, tuple[str, ...]]]:
     from prometheus_client.metrics import MetricWrapperBase
 
     from observability.metrics import ReadModelMetrics, WorkerMetrics
+    from observability.notifier_metrics import NotifierMetrics
 
-    for metrics in (WorkerMetrics(CollectorRegistry()), ReadModelMetrics(CollectorRegistry())):
+    made = (WorkerMetrics, ReadModelMetrics, NotifierMetrics)
+    for metrics in (kind(CollectorRegistry()) for kind in made):
         for value in vars(metrics).values():
             if isinstance(value, MetricWrapperBase):
                 suffix = "_total" if value._type == "counter" else ""

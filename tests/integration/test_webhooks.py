@@ -1,0 +1,165 @@
+"""Webhooks end to end: a subscription made over HTTP, a tenant crossing its thresholds, and
+a real local receiver that gets one signed webhook per crossing (checked with the
+`standardwebhooks` package), also when it answers 500 at first."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from runtime.settings import Settings
+from streams.kafka import read_all
+from tests.conftest import Stack
+from tests.factories import cloudevent
+
+pytestmark = pytest.mark.integration
+MAILING = "metering.mailing.sent"
+
+
+class Receiver:
+    """An HTTP endpoint that records every request, and answers 500 to the first
+    `failures` requests of each webhook id."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.requests: list[tuple[dict[str, str], bytes, int]] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # http.server's name
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                with receiver.lock:
+                    seen = sum(
+                        1
+                        for h, _, _ in receiver.requests
+                        if h.get("webhook-id") == headers.get("webhook-id")
+                    )
+                    status = 500 if seen < receiver.failures else 204
+                    receiver.requests.append((headers, body, status))
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def delivered(self) -> list[tuple[dict[str, str], bytes]]:
+        with self.lock:
+            return [(h, b) for h, b, status in self.requests if status < 300]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    found = Receiver(failures=1)
+    yield found
+    found.close()
+
+
+def _events(now: dt.datetime) -> list[dict[str, Any]]:
+    at = lambda minutes: (now - dt.timedelta(minutes=minutes)).isoformat()  # noqa: E731
+    return [
+        cloudevent("licensing.licenses.changed", {"users": 40, "modules": []},
+                   tenant="acme", time=at(90), id="lic-1", source="licensing"),
+        cloudevent("licensing.licenses.changed", {"users": 40, "modules": []},
+                   tenant="other", time=at(90), id="lic-2", source="licensing"),
+        cloudevent(MAILING, {"quantity": 9_000}, tenant="acme", time=at(30), id="m1"),
+        cloudevent(MAILING, {"quantity": 90_000}, tenant="acme", time=at(20), id="m2"),
+        cloudevent(MAILING, {"quantity": 90_000}, tenant="other", time=at(20), id="m3"),
+    ]  # fmt: skip
+
+
+def test_every_crossing_reaches_its_subscriber_once_signed(
+    stack: Stack, receiver: Receiver
+) -> None:
+    stack.env["METERING_WEBHOOK_ALLOW_PRIVATE"] = "true"  # the receiver is on loopback
+    stack.create_topics()
+    stack.start_worker()
+    stack.start_projector()
+    stack.start("notifier")
+    api = stack.env["METERING_API_URL"]
+    made = httpx.post(
+        f"{api}/v1/webhooks",
+        json={"url": receiver.url, "tenant": "acme",
+              "event_types": ["threshold.warning", "threshold.exceeded", "threshold.package"]},
+        timeout=30,
+    )  # fmt: skip
+    assert made.status_code == 201, made.text
+    subscription = made.json()
+    assert subscription["secret"].startswith("whsec_")
+    answer = httpx.get(f"{api}/v1/webhooks", timeout=60)
+    assert answer.status_code == 200, answer.text
+    listed = answer.json()["webhooks"]
+    assert [w["id"] for w in listed] == [subscription["id"]]
+    assert "secret" not in listed[0]
+
+    stack.cli("send", str(stack.write("events.jsonl", _events(dt.datetime.now(dt.UTC)))))
+    settings = Settings(
+        kafka_bootstrap=stack.env["METERING_KAFKA_BOOTSTRAP"],
+        topic_prefix=stack.env["METERING_TOPIC_PREFIX"],
+    )
+    crossings = _wait_for_crossings(settings)
+    expected = {c["id"]: c for c in crossings if c["tenant"] == "acme"}
+    assert {c["level"] for c in expected.values()} == {"warning", "exceeded", "package"}
+    assert any(c["tenant"] == "other" for c in crossings)  # and those must not arrive
+
+    deadline = time.monotonic() + 90
+    while {h["webhook-id"] for h, _ in receiver.delivered()} != set(expected):
+        assert time.monotonic() < deadline, (receiver.requests, expected)
+        time.sleep(0.2)
+    verify = Webhook(subscription["secret"])
+    for headers, body in receiver.delivered():
+        message = verify.verify(body, headers)
+        crossing = expected[headers["webhook-id"]]
+        assert message["type"] == f"threshold.{crossing['level']}"
+        assert message["data"] == crossing
+    # Each webhook was refused once (500) and delivered on its retry: two attempts each.
+    attempts = Counter(h["webhook-id"] for h, _, _ in receiver.requests)
+    assert attempts == {webhook_id: 2 for webhook_id in expected}
+
+    # The log is written after each answer: it may trail the receiver by a moment.
+    log_url = f"{api}/v1/webhooks/{subscription['id']}/deliveries"
+    while len(httpx.get(log_url, timeout=60).json()["deliveries"]) < 2 * len(expected):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    log = httpx.get(log_url, timeout=60).json()["deliveries"]
+    outcomes = sorted((d["webhook_id"], d["attempt"], d["status_code"], d["outcome"]) for d in log)
+    assert outcomes == sorted(
+        row for webhook_id in expected
+        for row in ((webhook_id, 1, 500, "retrying"), (webhook_id, 2, 204, "delivered"))
+    )  # fmt: skip
+
+
+def _wait_for_crossings(settings: Settings) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 90
+    while True:
+        records = asyncio.run(read_all(settings, settings.topics.crossings))
+        found = [orjson.loads(r.value) for r in records if r.value]
+        if {c["level"] for c in found if c["tenant"] == "acme"} >= {
+            "warning",
+            "exceeded",
+            "package",
+        }:
+            return found
+        assert time.monotonic() < deadline, found
+        time.sleep(0.5)

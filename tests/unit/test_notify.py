@@ -1,0 +1,166 @@
+"""The notifier's pure decisions: who gets a notice, when a delivery is tried again, which
+endpoints are called, and the secrets webhooks are signed with."""
+
+from __future__ import annotations
+
+import datetime as dt
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from standardwebhooks.webhooks import Webhook
+
+from notify.endpoints import RefusedEndpoint, check_url
+from notify.notices import crossing_notice, recipients
+from notify.schedule import (
+    FIRST_DELAY,
+    GIVE_UP_AFTER,
+    LONGEST_DELAY,
+    Delivery,
+    after_attempt,
+    retry_delay,
+)
+from notify.signing import signing_key, subscription_secret
+from schemas.records import ThresholdCrossed
+from schemas.webhooks import WebhookSubscription
+
+T0 = dt.datetime(2026, 3, 14, 9, 30, tzinfo=dt.UTC)
+
+
+def _crossing(tenant: str = "acme", level: str = "exceeded") -> ThresholdCrossed:
+    return ThresholdCrossed(
+        id=f"crossing-{tenant}-{level}", tenant=tenant, service="mailing", usage_month="2026-03",
+        level=level, package=None if level != "package" else 2, usage=12_000, included=10_000,
+        users=40, crossed_by="crm/m2", crossed_at=T0,
+    )  # fmt: skip
+
+
+def _subscription(n: int, **fields: object) -> WebhookSubscription:
+    values: dict[str, object] = {
+        "id": f"wh_{n:032x}", "owner": "finance", "url": "https://example.com/hook",
+        "event_types": ("threshold.exceeded",), "created_at": T0,
+    }  # fmt: skip
+    return WebhookSubscription.model_validate({**values, **fields})
+
+
+def test_a_notice_goes_to_live_subscriptions_of_its_type_and_tenant_in_id_order() -> None:
+    notice = crossing_notice(_crossing())
+    assert notice.webhook_id == "crossing-acme-exceeded"
+    assert notice.event_type == "threshold.exceeded"
+    subscriptions = [
+        _subscription(5),  # every tenant
+        _subscription(2, tenant="acme", owner="tenant:acme"),
+        _subscription(3, tenant="other"),
+        _subscription(4, event_types=("threshold.warning",)),
+        _subscription(1, deleted_at=T0, version=2),
+    ]
+    assert [s.id for s in recipients(notice, subscriptions)] == [
+        f"wh_{2:032x}",
+        f"wh_{5:032x}",
+    ]
+
+
+def test_the_body_carries_the_crossing_as_the_topic_has_it() -> None:
+    crossing = _crossing(level="package")
+    notice = crossing_notice(crossing)
+    assert notice.message.model_dump(mode="json") == {
+        "type": "threshold.package",
+        "timestamp": "2026-03-14T09:30:00Z",
+        "data": crossing.model_dump(mode="json"),
+    }
+
+
+@given(st.integers(min_value=1, max_value=200), st.floats(min_value=0, max_value=0.999999))
+def test_retries_back_off_to_an_hour_with_jitter(attempt: int, jitter: float) -> None:
+    base = min(LONGEST_DELAY, FIRST_DELAY * 2 ** min(attempt - 1, 40))
+    delay = retry_delay(attempt, jitter)
+    assert base // 2 <= delay < base
+    assert retry_delay(attempt, 0.0) <= retry_delay(attempt + 1, 0.0)
+
+
+@given(st.lists(st.floats(min_value=0, max_value=0.999999), min_size=1, max_size=200))
+def test_a_failing_delivery_is_tried_for_24_hours_then_failed(jitters: list[float]) -> None:
+    delivery = Delivery(
+        subscription="wh_1", webhook_id="x", event_type="threshold.warning", tenant="acme",
+        body="{}", created=0, next_try=0,
+    )  # fmt: skip
+    for jitter in jitters:
+        if delivery.status != "pending":
+            break
+        now = delivery.next_try
+        delivery = after_attempt(delivery, False, now, jitter)
+        if delivery.status == "pending":
+            assert delivery.next_try - delivery.created <= GIVE_UP_AFTER
+            assert delivery.next_try > now
+        else:
+            assert delivery.status == "failed"
+    # ~30 attempts fit in 24 hours whatever the jitter: 200 always end in failed.
+    if len(jitters) >= 60:
+        assert delivery.status == "failed"
+
+
+def test_a_delivery_answered_2xx_is_delivered_and_never_due_again() -> None:
+    delivery = Delivery(
+        subscription="wh_1", webhook_id="x", event_type="threshold.warning", tenant="acme",
+        body="{}", created=0, next_try=0,
+    )  # fmt: skip
+    done = after_attempt(after_attempt(delivery, False, 0, 0.5), True, 10**7, 0.5)
+    assert (done.status, done.attempts) == ("delivered", 2)
+    assert not done.due(10**12)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("ftp://example.com/x", "only http and https"),
+        ("https://user:pw@example.com/x", "credentials"),
+        ("https:///x", "no host"),
+        ("http://127.0.0.1:8080/x", "not a public address"),
+        ("http://10.1.2.3/x", "not a public address"),
+        ("http://192.168.0.7/x", "not a public address"),
+        ("http://169.254.169.254/latest/meta-data", "not a public address"),
+        ("http://[::1]/x", "not a public address"),
+        ("http://[::ffff:127.0.0.1]/x", "not a public address"),
+        ("http://0.0.0.0/x", "not a public address"),
+        ("http://example.com:99999/x", "not a valid URL"),
+    ],
+)
+def test_endpoints_that_are_not_public_http_are_refused(url: str, reason: str) -> None:
+    with pytest.raises(RefusedEndpoint, match=reason):
+        check_url(url, allow_private=False)
+
+
+def test_public_endpoints_and_allowed_private_ones_pass() -> None:
+    assert check_url("https://hooks.example.com/in", False) == ("hooks.example.com", 443)
+    assert check_url("http://93.184.215.14:8080/in", False) == ("93.184.215.14", 8080)
+    assert check_url("http://127.0.0.1:9/in", True) == ("127.0.0.1", 9)
+
+
+def test_secrets_are_per_subscription_and_verify_with_standard_webhooks(tmp_path: Path) -> None:
+    key = signing_key(None, tmp_path)
+    assert stat.S_IMODE((tmp_path / "webhook-signing.key").stat().st_mode) == 0o600
+    assert signing_key(None, tmp_path) == key  # kept, not made again
+    first, second = subscription_secret(key, "wh_1"), subscription_secret(key, "wh_2")
+    assert first != second and first.startswith("whsec_")
+    assert subscription_secret(key, "wh_1") == first
+    assert subscription_secret(b"another key of enough length......", "wh_1") != first
+    body = '{"type":"threshold.warning"}'
+    signature = Webhook(first).sign("msg_1", T0, body)
+    headers = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(int(T0.timestamp())),
+        "webhook-signature": signature,
+    }
+    with pytest.raises(Exception, match="timestamp"):
+        Webhook(first).verify(body, headers)  # T0 is long past: the receiver's tolerance
+    assert Webhook(first).sign("msg_1", T0, body) != Webhook(second).sign("msg_1", T0, body)
+
+
+def test_a_configured_signing_key_wins_and_a_short_key_file_is_refused(tmp_path: Path) -> None:
+    assert signing_key("k" * 40, tmp_path) == b"k" * 40
+    assert not (tmp_path / "webhook-signing.key").exists()
+    (tmp_path / "webhook-signing.key").write_text("short")
+    with pytest.raises(ValueError, match="no signing key"):
+        signing_key(None, tmp_path)
