@@ -5,9 +5,11 @@ webhooks, each delivered at least once to every subscription that wants it.
   (`notify.subscriptions`).
 - An agent per source topic makes the notices (`notify.notices`) and plans one delivery per
   subscription, sent to the outbox topic keyed by delivery; the outbox agent alone writes
-  the `outbox` table (a delivery planned twice, by a replay, is kept once) and `pending`.
-- A timer attempts what is due (`notify.sender`), bounded in concurrency, and sends each
-  attempt's result back through the outbox topic, and to `webhook-deliveries` (the log).
+  the `outbox` table (a delivery planned twice, by a replay, is kept once) and keeps `due`,
+  the pending ones, in memory beside it (rebuilt from the table after each recovery).
+- A timer attempts what is due in the partitions this notifier owns (`notify.sender`),
+  bounded in concurrency, and sends each attempt's result back through the outbox topic, and
+  to `webhook-deliveries` (the log).
 
 A notifier killed at any point attempts again what it had not recorded: a receiver may see a
 `webhook-id` twice, never miss one (Standard Webhooks asks receivers to dedupe by it).
@@ -19,6 +21,7 @@ import asyncio
 import datetime as dt
 import logging
 import random
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -60,7 +63,6 @@ def own_topics(settings: Settings) -> dict[str, dict[str, str]]:
     return {
         f"{group}-outbox": {},
         f"{group}-outbox-changelog": compacted,
-        f"{group}-pending-changelog": compacted,
     }
 
 
@@ -86,6 +88,12 @@ class Notifier:
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
             web_enabled=False,
+            # No standby copies: a notifier attempts only the deliveries of partitions it owns.
+            table_standby_replicas=0,
+            # As the workers: a notifier that went silent (killed) hands its partitions over
+            # after this, not after Faust's default minute.
+            broker_session_timeout=settings.kafka_session_timeout,
+            broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout / 3),
         )
         self.app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, "notifier"))
         topics = settings.topics
@@ -97,10 +105,11 @@ class Notifier:
         as_json: faust.Schema[str, Any] = faust.Schema(
             key_serializer="json", value_serializer="json"
         )
-        self.outbox = self.app.Table("outbox", schema=as_json)
-        self.pending = self.app.Table("pending", schema=as_json)
+        self.outbox = self.app.Table("outbox", schema=as_json, on_recover=self.reindex)
         self.log_topic = self.app.topic(topics.deliveries)
-        self.in_flight: dict[str, int] = {}  # delivery key -> attempts it had when taken
+        # Pending deliveries: key -> (next try, outbox partition), kept with `outbox`.
+        self.due: dict[str, tuple[int, int]] = {}
+        self.in_flight: set[str] = set()  # taken by an attempt whose result is not back
         self.slots = asyncio.Semaphore(CONCURRENCY)
         self.tasks: set[asyncio.Future[None]] = set()
         self.client: httpx.AsyncClient | None = None
@@ -145,49 +154,68 @@ class Notifier:
             await self.outbox_topic.send(key=delivery.key.encode(), value=value)
 
     async def on_outbox(self, stream: Any) -> None:
-        """The one writer of `outbox` and `pending`, so both follow their changelog's order."""
-        async for value in stream:
-            message = orjson.loads(value)
+        """The one writer of `outbox`, so it follows its changelog's order."""
+        async for event in stream.events():
+            message = orjson.loads(event.value)
+            partition = event.message.partition
+            delivery = Delivery.model_validate(message.get("plan") or message["result"])
+            known = self.outbox.get(delivery.key)
+            if "plan" in message and known is not None:
+                # Planned before (a replay, a notice made twice): keep the first, and make
+                # sure it is indexed even if a kill came between the write and the index.
+                self.index(Delivery.model_validate(known), partition)
+                continue
+            if "result" in message and (known is None or known["attempts"] >= delivery.attempts):
+                continue  # a result taken already (sent again after a kill)
             if "plan" in message:
-                delivery = Delivery.model_validate(message["plan"])
-                if delivery.key in self.outbox:
-                    continue  # planned before: a replay, or a notice made twice
                 self.metrics.planned.labels(delivery.event_type).inc()
-            else:
-                delivery = Delivery.model_validate(message["result"])
-                known = self.outbox.get(delivery.key)
-                if known is None or known["attempts"] >= delivery.attempts:
-                    continue  # a result already taken (sent again after a kill)
-            self.outbox[delivery.key] = delivery.model_dump()
-            if delivery.status == "pending":
-                self.pending[delivery.key] = delivery.next_try
-            elif delivery.key in self.pending:
-                del self.pending[delivery.key]
+            self.outbox[delivery.key] = {**delivery.model_dump(), "partition": partition}
+            self.index(delivery, partition)
+            self.in_flight.discard(delivery.key)
+
+    def index(self, delivery: Delivery, partition: int) -> None:
+        if delivery.status == "pending":
+            self.due[delivery.key] = (delivery.next_try, partition)
+        else:
+            self.due.pop(delivery.key, None)
+
+    async def reindex(self) -> None:
+        """After recovery: what the recovered outbox holds pending."""
+        self.due.clear()
+        for value in self.outbox.values():
+            self.index(Delivery.model_validate(value), value["partition"])
 
     # Sending -------------------------------------------------------------------------------
+    def owned(self) -> set[int]:
+        outbox = self.outbox_topic.get_topic_name()
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == outbox}
+
     async def send_due(self) -> None:
-        now = _micros(self.clock())
-        due = []
-        for key, next_try in list(self.pending.items()):
-            taken = self.in_flight.get(key)
+        # Not while partitions move or the subscriptions are still loading: a delivery would
+        # be attempted by two notifiers, or refused for a subscription not read yet.
+        if self.app.rebalancing or not self.subscriptions.loaded.is_set():
+            return
+        now, owned = _micros(self.clock()), self.owned()
+        self.metrics.pending.set(len(self.due))
+        due = [
+            key
+            for key, (next_try, partition) in self.due.items()
+            if next_try <= now and partition in owned and key not in self.in_flight
+        ]
+        for key in due:
             known = self.outbox.get(key)
-            if known is None or (taken is not None and known["attempts"] <= taken):
-                continue  # in flight, or its result not back yet
-            self.in_flight.pop(key, None)
-            if next_try <= now:
-                due.append(Delivery.model_validate(known))
-        self.metrics.pending.set(len(self.pending))
-        for delivery in due:
-            self.in_flight[delivery.key] = delivery.attempts
+            if known is None:
+                continue
+            self.in_flight.add(key)
             await self.slots.acquire()
-            task = asyncio.ensure_future(self._attempt(delivery))
+            task = asyncio.ensure_future(self._attempt(Delivery.model_validate(known)))
             self.tasks.add(task)  # held until done: the loop keeps only weak references
             task.add_done_callback(self.tasks.discard)
 
     async def _attempt(self, delivery: Delivery) -> None:
+        at = self.clock()
         try:
             subscription = self._subscription(delivery.subscription)
-            at = self.clock()
             if subscription is None:
                 outcome = Outcome(False, error="the subscription was deleted", refused=True)
             else:
@@ -196,10 +224,14 @@ class Notifier:
                     subscription_secret(self.key, subscription.id), at,
                     self.settings.webhook_allow_private,
                 )  # fmt: skip
-            await self._record(delivery, outcome, at)
-        except Exception:  # one delivery's failure must not stop the notifier
+        except Exception as error:  # one delivery's failure must not stop the notifier
             log.exception("delivery %s failed unexpectedly", delivery.key)
-            self.in_flight.pop(delivery.key, None)
+            outcome = Outcome(False, error=f"internal error: {type(error).__name__}")
+        try:
+            await self._record(delivery, outcome, at)
+        except Exception:  # the broker: tried again on a later tick
+            log.exception("the result of delivery %s was not recorded", delivery.key)
+            self.in_flight.discard(delivery.key)
         finally:
             self.slots.release()
 
@@ -220,7 +252,8 @@ class Notifier:
         label = "refused" if outcome.refused else state
         self.metrics.attempts.labels(label).inc()
         record = WebhookAttempt(
-            id=f"{delivery.key}/{after.attempts}",
+            # Unique per attempt made: one made again after a kill is logged again.
+            id=f"{delivery.key}/{after.attempts}/{uuid.uuid4().hex[:12]}",
             subscription=delivery.subscription,
             webhook_id=delivery.webhook_id,
             event_type=delivery.event_type,
@@ -236,8 +269,9 @@ class Notifier:
                 else None
             ),
         )
-        await self.log_topic.send(
-            key=delivery.subscription.encode(), value=record.model_dump_json().encode()
-        )
+        # Each send awaited until the broker has it: a lost result would leave the delivery
+        # taken until a restart.
+        logged = record.model_dump_json().encode()
+        await (await self.log_topic.send(key=delivery.subscription.encode(), value=logged))
         value = orjson.dumps({"result": after.model_dump()})
-        await self.outbox_topic.send(key=delivery.key.encode(), value=value)
+        await (await self.outbox_topic.send(key=delivery.key.encode(), value=value))

@@ -46,11 +46,27 @@ def check_address(
 ) -> None:
     if allow_private:
         return
-    mapped = getattr(address, "ipv4_mapped", None)
-    if not (mapped or address).is_global:
+    if not all(inner.is_global for inner in _within(address)):
         raise RefusedEndpoint(
             f"{address} is not a public address (METERING_WEBHOOK_ALLOW_PRIVATE allows it)"
         )
+
+
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _within(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The address and any IPv4 address it carries (mapped, 6to4, NAT64)."""
+    found: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [address]
+    if isinstance(address, ipaddress.IPv6Address):
+        for inner in (address.ipv4_mapped, address.sixtofour):
+            if inner is not None:
+                found.append(inner)
+        if address in NAT64:
+            found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return found
 
 
 async def check_resolved(url: str, allow_private: bool) -> None:
@@ -60,7 +76,7 @@ async def check_resolved(url: str, allow_private: bool) -> None:
         return
     try:
         found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as error:
+    except (socket.gaierror, UnicodeError, ValueError) as error:
         raise RefusedEndpoint(f"{host} does not resolve: {error}") from None
     for *_, sockaddr in found:
         check_address(ipaddress.ip_address(sockaddr[0]), allow_private)

@@ -2,7 +2,8 @@
 
 Retries back off exponentially (5 s, 10 s, 20 s, ... at most an hour apart), each delay
 scaled by a jitter in [0.5, 1) so that endpoints that fail together are not all retried
-together; a delivery still failing 24 hours after its first attempt is marked failed."""
+together; the last try is 24 hours after the delivery was planned, and if it fails too the
+delivery is marked failed."""
 
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ def after_attempt(delivery: Delivery, ok: bool, now: int, jitter: float) -> Deli
     attempts = delivery.attempts + 1
     if ok:
         return delivery.model_copy(update={"attempts": attempts, "status": "delivered"})
-    next_try = now + retry_delay(attempts, jitter)
-    if next_try - delivery.created > GIVE_UP_AFTER:
+    if now - delivery.created >= GIVE_UP_AFTER:
         return delivery.model_copy(update={"attempts": attempts, "status": "failed"})
+    # The last try falls at 24 hours exactly, whatever the backoff would say.
+    next_try = min(now + retry_delay(attempts, jitter), delivery.created + GIVE_UP_AFTER)
     return delivery.model_copy(update={"attempts": attempts, "next_try": next_try})

@@ -6,6 +6,7 @@ anywhere), a timeout or no connection is tried again later."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from notify.endpoints import RefusedEndpoint, check_resolved
 from notify.schedule import Delivery
 
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+TOTAL = 15.0  # seconds for a whole attempt: httpx's read timeout is per read
 USER_AGENT = "metering-notifier/1"
 
 
@@ -49,11 +51,14 @@ async def attempt(
     }
     try:
         # Streamed and closed unread: an endpoint's answer body is never needed.
-        async with client.stream(
-            "POST", url, content=delivery.body.encode(), headers=headers, timeout=TIMEOUT
-        ) as response:
+        async with (
+            asyncio.timeout(TOTAL),
+            client.stream(
+                "POST", url, content=delivery.body.encode(), headers=headers, timeout=TIMEOUT
+            ) as response,
+        ):
             status = response.status_code
-    except httpx.TimeoutException:
+    except (httpx.TimeoutException, TimeoutError):
         return Outcome(False, error="timed out")
     except httpx.HTTPError as error:
         return Outcome(False, error=f"{type(error).__name__}: {error}"[:500])

@@ -25,11 +25,16 @@ def signing_key(configured: str | None, data_dir: Path) -> bytes:
         return configured.encode()
     path = data_dir / KEY_FILE
     data_dir.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        # O_EXCL: of two processes starting at once, one writes and both read its key.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    if not path.exists():
+        # Written whole under another name, then linked into place: of two processes
+        # starting at once, one links and both read its key, never a half-written file.
+        draft = data_dir / f".{KEY_FILE}.{secrets.token_hex(8)}"
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(secrets.token_urlsafe(32))
+        with contextlib.suppress(FileExistsError):
+            os.link(draft, path)
+        draft.unlink()
     key = path.read_text().strip()
     if len(key) < 32:
         raise ValueError(f"{path} holds no signing key (at least 32 characters)")

@@ -4,9 +4,9 @@ message each webhook carries ([docs/webhooks.md](../docs/webhooks.md))."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AnyHttpUrl, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AnyHttpUrl, AwareDatetime, BaseModel, ConfigDict, Field, UrlConstraints
 
 WebhookEventType = Literal[
     "threshold.warning",
@@ -54,7 +54,7 @@ class NewWebhook(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: AnyHttpUrl
+    url: Annotated[AnyHttpUrl, UrlConstraints(max_length=URL_MAX)]
     event_types: tuple[WebhookEventType, ...] = Field(min_length=1, max_length=7)
     tenant: str | None = Field(default=None, min_length=1, max_length=256)
     description: str | None = Field(default=None, max_length=500)
@@ -75,7 +75,9 @@ class WebhookAttempt(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    id: str = Field(description="`<subscription>/<webhook id>/<attempt>`.")
+    id: str = Field(
+        description="`<subscription>/<webhook id>/<attempt>/<random>`: one per attempt made."
+    )
     subscription: str
     webhook_id: str = Field(description="The notified record's deterministic id.")
     event_type: WebhookEventType

@@ -76,14 +76,13 @@ async def subscribe(
         description=body.description,
         created_at=dt.datetime.now(dt.UTC),
     )
-    await _publish(request, subscription)
     settings = service.settings
-    secret_of = signing_key(
-        settings.webhook_signing_key.get_secret_value() if settings.webhook_signing_key else None,
-        settings.data_dir,
-    )
+    configured = settings.webhook_signing_key
+    key = signing_key(configured.get_secret_value() if configured else None, settings.data_dir)
     shown = subscription.model_dump(mode="json", exclude={"deleted_at", "version"})
-    shown["secret"] = subscription_secret(secret_of, subscription.id)
+    shown["secret"] = subscription_secret(key, subscription.id)
+    # Published once its secret is known: none exists whose secret nobody saw.
+    await _publish(request, subscription)
     return json_response(shown, status=201)
 
 

@@ -96,6 +96,7 @@ def test_a_failing_delivery_is_tried_for_24_hours_then_failed(jitters: list[floa
             assert delivery.next_try > now
         else:
             assert delivery.status == "failed"
+            assert now - delivery.created == GIVE_UP_AFTER  # the last try was at 24 hours
     # ~30 attempts fit in 24 hours whatever the jitter: 200 always end in failed.
     if len(jitters) >= 60:
         assert delivery.status == "failed"
