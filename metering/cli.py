@@ -119,8 +119,8 @@ def projector() -> None:
 
 @main.command()
 def notifier() -> None:
-    """Run the notifier in the foreground: signed webhooks for threshold crossings to every
-    subscription that wants them (`POST /v1/webhooks`), retried for 24 hours.
+    """Run the notifier in the foreground: signed webhooks for threshold crossings and closed
+    invoices to every subscription that wants them (`POST /v1/webhooks`), retried for 24 hours.
 
     A Faust app in the consumer group `<METERING_APP_ID>-notifier`; its metrics are served
     like a worker's (METERING_METRICS_HOST:METERING_METRICS_PORT)."""

@@ -1,5 +1,6 @@
-"""The notifier: a Faust app (`metering notifier`) that turns threshold crossings into signed
-webhooks, each delivered at least once to every subscription that wants it.
+"""The notifier: a Faust app (`metering notifier`) that turns threshold crossings and closed
+invoices into signed webhooks, each delivered at least once to every subscription that wants
+it.
 
 - `webhook-subscriptions` (compacted; the API writes it) is read whole by every notifier
   (`notify.subscriptions`).
@@ -7,6 +8,9 @@ webhooks, each delivered at least once to every subscription that wants it.
   subscription, sent to the outbox topic keyed by delivery; the outbox agent alone writes
   the `outbox` table (a delivery planned twice, by a replay, is kept once) and keeps `due`,
   the pending ones, in memory beside it (rebuilt from the table after each recovery).
+- A close's invoice lines and its per-partition acknowledgement meet in the `invoices` table
+  (through the invoices topic, keyed by close and partition); once a partition's lines are
+  all there, each tenant's `invoice.closed` is planned.
 - A timer attempts what is due in the partitions this notifier owns (`notify.sender`),
   bounded in concurrency, and sends each attempt's result back through the outbox topic, and
   to `webhook-deliveries` (the log).
@@ -32,14 +36,14 @@ from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from notify.notices import Notice, crossing_notice, recipients
+from notify.notices import Notice, crossing_notice, invoice_notices, recipients
 from notify.schedule import Delivery, after_attempt
 from notify.sender import Outcome, attempt
 from notify.signing import subscription_secret
 from notify.subscriptions import SubscriptionMirror
 from observability.notifier_metrics import NotifierMetrics
 from runtime.settings import Settings
-from schemas.records import ThresholdCrossed
+from schemas.records import InvoiceLine, MonthClosed, ThresholdCrossed
 from schemas.webhooks import WebhookAttempt, WebhookSubscription
 
 log = logging.getLogger("metering.notifier")
@@ -63,6 +67,8 @@ def own_topics(settings: Settings) -> dict[str, dict[str, str]]:
     return {
         f"{group}-outbox": {},
         f"{group}-outbox-changelog": compacted,
+        f"{group}-invoices": {},
+        f"{group}-invoices-changelog": compacted,
     }
 
 
@@ -114,7 +120,16 @@ class Notifier:
         self.tasks: set[asyncio.Future[None]] = set()
         self.client: httpx.AsyncClient | None = None
         self.rng = random.Random()  # noqa: S311  # nosec B311  # jitter, not a secret
+        # A close's lines and its acknowledgement meet in one place: keyed by close and
+        # partition, whichever topic they came from.
+        self.invoices_topic = self.app.topic(
+            f"{self.app.conf.id}-invoices", internal=True, partitions=settings.partitions
+        )
+        self.invoices = self.app.Table("invoices", schema=as_json)
         self.app.agent(self.app.topic(topics.crossings), name="crossings")(self.on_crossings)
+        self.app.agent(self.app.topic(topics.lines), name="lines")(self.on_lines)
+        self.app.agent(self.app.topic(topics.closes), name="closes")(self.on_closes)
+        self.app.agent(self.invoices_topic, name="invoices")(self.on_invoices)
         self.app.agent(self.outbox_topic, name="outbox")(self.on_outbox)
         self.app.timer(TICK)(self.send_due)
 
@@ -134,6 +149,52 @@ class Notifier:
                 self.metrics.records.labels(topic, "unreadable").inc()
                 continue
             await self.plan(topic, notice)
+
+    async def on_lines(self, stream: Any) -> None:
+        topic = self.settings.topics.lines
+        async for value in stream:
+            try:
+                line = InvoiceLine.model_validate_json(value)
+            except ValidationError:
+                self.metrics.records.labels(topic, "unreadable").inc()
+                continue
+            key = f"{line.provenance.close_id}/{line.provenance.partition}"
+            part = orjson.dumps({"line": line.model_dump(mode="json")})
+            await (await self.invoices_topic.send(key=key.encode(), value=part))
+
+    async def on_closes(self, stream: Any) -> None:
+        topic = self.settings.topics.closes
+        async for event in stream.events():
+            try:
+                closed = MonthClosed.model_validate_json(event.value)
+            except ValidationError:
+                self.metrics.records.labels(topic, "unreadable").inc()
+                continue
+            key = f"{closed.close_id}/{closed.partition}"
+            at = event.message.timestamp  # seconds: when the close was acknowledged
+            part = orjson.dumps({"close": {"lines": closed.lines, "at": at}})
+            await (await self.invoices_topic.send(key=key.encode(), value=part))
+
+    async def on_invoices(self, stream: Any) -> None:
+        """The one writer of `invoices`: a close's lines in one partition, and how many the
+        partition's acknowledgement says there are; complete, they become notices."""
+        topic = self.settings.topics.closes
+        async for event in stream.events():
+            key, part = event.key.decode(), orjson.loads(event.value)
+            held = self.invoices.get(key) or {"lines": {}, "expected": None, "at": 0, "sent": False}
+            if held["sent"]:
+                continue  # notified already (a replay)
+            if "line" in part:
+                held["lines"][part["line"]["id"]] = part["line"]
+            else:
+                held["expected"], held["at"] = part["close"]["lines"], part["close"]["at"]
+            if held["expected"] is not None and len(held["lines"]) >= held["expected"]:
+                at = dt.datetime.fromtimestamp(held["at"], dt.UTC)
+                lines = [InvoiceLine.model_validate(line) for line in held["lines"].values()]
+                for notice in invoice_notices(lines, at):
+                    await self.plan(topic, notice)
+                held = {"lines": {}, "expected": held["expected"], "at": held["at"], "sent": True}
+            self.invoices[key] = held
 
     async def plan(self, topic: str, notice: Notice) -> None:
         await self.subscriptions.loaded.wait()  # no notice is judged against half a list

@@ -6,11 +6,15 @@ makes the same notice again."""
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
-from schemas.records import ThresholdCrossed
+from schemas.records import InvoiceLine, ThresholdCrossed
 from schemas.webhooks import WebhookMessage, WebhookSubscription
 
 
@@ -37,6 +41,33 @@ def crossing_notice(crossing: ThresholdCrossed) -> Notice:
         data=data,
     )
     return Notice(crossing.id, crossing.tenant, message)
+
+
+NAMESPACE = uuid.UUID("0b6a51f2-6f36-4c1e-9a51-3f7e0c8a2d44")
+
+
+def invoice_notices(lines: Iterable[InvoiceLine], at: dt.datetime) -> list[Notice]:
+    """`invoice.closed`, one per tenant and close, with its lines (in a stable order) and
+    their total; `at`: when the close was acknowledged."""
+    by_tenant: dict[tuple[str, str], list[InvoiceLine]] = defaultdict(list)
+    for line in lines:
+        by_tenant[(line.tenant, line.provenance.close_id)].append(line)
+    notices = []
+    for (tenant, close_id), found in sorted(by_tenant.items()):
+        found.sort(key=lambda line: (line.usage_month, line.service, line.kind, line.id))
+        first = found[0]
+        data = {
+            "tenant": tenant,
+            "invoice_month": first.invoice_month,
+            "close_id": close_id,
+            "currency": first.currency,
+            "total": str(sum((line.amount for line in found), Decimal("0.00"))),
+            "lines": [line.model_dump(mode="json") for line in found],
+        }
+        webhook_id = str(uuid.uuid5(NAMESPACE, f"invoice.closed\x1f{close_id}\x1f{tenant}"))
+        message = WebhookMessage(type="invoice.closed", timestamp=at, data=data)
+        notices.append(Notice(webhook_id, tenant, message))
+    return notices
 
 
 def recipients(

@@ -10,6 +10,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -18,6 +19,7 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from projections.months import next_month
 from runtime.settings import Settings
 from streams.kafka import admin_client, consumer, partitions_of, read_all
 from tests.conftest import Stack
@@ -246,3 +248,47 @@ async def _committed(settings: Settings, group: str) -> bool:
     return all(
         offsets.get(tp) is not None and offsets[tp].offset >= end for tp, end in ends.items()
     )
+
+
+def test_a_close_sends_each_tenant_its_invoice_once(stack: Stack, receiver: Receiver) -> None:
+    stack.env["METERING_WEBHOOK_ALLOW_PRIVATE"] = "true"
+    stack.create_topics()
+    stack.start_worker()
+    stack.start_projector()
+    stack.start("notifier")
+    api = stack.env["METERING_API_URL"]
+    made = httpx.post(
+        f"{api}/v1/webhooks", json={"url": receiver.url, "event_types": ["invoice.closed"]},
+        timeout=30,
+    )  # fmt: skip
+    assert made.status_code == 201, made.text
+    now = dt.datetime.now(dt.UTC)
+    tenants = [f"tenant-{n:02d}" for n in range(6)]
+    stack.cli("send", str(stack.write("events.jsonl", _crossing_month(tenants, now))))
+    month = now.strftime("%Y-%m")
+    # The month is the current one: closed early, as `--force` allows.
+    stack.cli("close", month, "--force")
+    invoice_month = next_month(month)  # a month's usage is billed on the next month's invoice
+    lines = httpx.get(f"{api}/v1/invoices/{invoice_month}", timeout=60).json()["lines"]
+    by_tenant: dict[str, list[dict[str, Any]]] = {}
+    for line in lines:
+        by_tenant.setdefault(line["tenant"], []).append(line)
+    assert set(by_tenant) == set(tenants)  # each tenant went over: each has an invoice
+
+    deadline = time.monotonic() + 90
+    while len({h["webhook-id"] for h, _ in receiver.delivered()}) < len(tenants):
+        assert time.monotonic() < deadline, receiver.requests
+        time.sleep(0.2)
+    time.sleep(1)  # nothing more may come
+    verify = Webhook(made.json()["secret"])
+    invoices = [verify.verify(body, headers) for headers, body in receiver.delivered()]
+    assert len({h["webhook-id"] for h, _ in receiver.delivered()}) == len(tenants)
+    for invoice in invoices:
+        assert invoice["type"] == "invoice.closed"
+        data = invoice["data"]
+        expected = by_tenant[data["tenant"]]
+        assert sorted(line["id"] for line in data["lines"]) == sorted(
+            line["id"] for line in expected
+        )
+        total = sum(Decimal(line["amount"]) for line in expected)
+        assert Decimal(data["total"]) == total

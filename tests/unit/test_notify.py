@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
 
 from notify.endpoints import RefusedEndpoint, check_url
-from notify.notices import crossing_notice, recipients
+from notify.notices import crossing_notice, invoice_notices, recipients
 from notify.schedule import (
     FIRST_DELAY,
     GIVE_UP_AFTER,
@@ -23,7 +23,7 @@ from notify.schedule import (
     retry_delay,
 )
 from notify.signing import signing_key, subscription_secret
-from schemas.records import ThresholdCrossed
+from schemas.records import InvoiceLine, ThresholdCrossed
 from schemas.webhooks import WebhookSubscription
 
 T0 = dt.datetime(2026, 3, 14, 9, 30, tzinfo=dt.UTC)
@@ -165,3 +165,34 @@ def test_a_configured_signing_key_wins_and_a_short_key_file_is_refused(tmp_path:
     (tmp_path / "webhook-signing.key").write_text("short")
     with pytest.raises(ValueError, match="no signing key"):
         signing_key(None, tmp_path)
+
+
+def _line(tenant: str, service: str, amount: str, n: int) -> InvoiceLine:
+    return InvoiceLine.model_validate({
+        "id": f"line-{tenant}-{n}", "invoice_month": "2026-04", "usage_month": "2026-03",
+        "tenant": tenant, "service": service, "kind": "overage", "usage": "12000",
+        "unit": "mailing", "users": 40, "included": "10000", "packages": 1,
+        "unit_price": amount, "amount": amount, "currency": "EUR", "plan_version": "2026",
+        "provenance": {"events": 3, "partition": 1, "first_offset": 0, "last_offset": 9,
+                       "close_id": "close-1"},
+    })  # fmt: skip
+
+
+def test_a_close_makes_one_invoice_notice_per_tenant_with_its_lines_and_total() -> None:
+    lines = [
+        _line("acme", "mailing", "32.40", 1),
+        _line("zeta", "chat", "0.10", 1),
+        _line("acme", "chat", "10.05", 2),
+    ]
+    notices = invoice_notices(lines, T0)
+    assert [n.tenant for n in notices] == ["acme", "zeta"]
+    acme = notices[0].message
+    assert acme.type == "invoice.closed"
+    assert acme.data["total"] == "42.45"
+    assert [line["id"] for line in acme.data["lines"]] == ["line-acme-2", "line-acme-1"]
+    assert (acme.data["invoice_month"], acme.data["close_id"]) == ("2026-04", "close-1")
+    # The same close gives the same ids whatever order its lines came in.
+    again = invoice_notices(list(reversed(lines)), T0)
+    assert [n.webhook_id for n in again] == [n.webhook_id for n in notices]
+    assert notices[0].body() == again[0].body()
+    assert len({n.webhook_id for n in notices}) == 2
