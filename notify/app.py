@@ -1,58 +1,48 @@
-"""The notifier: a Faust app (`metering notifier`) that turns threshold crossings and closed
-invoices into signed webhooks, each delivered at least once to every subscription that wants
-it.
+"""The notifier: a Faust app (`metering notifier`) that turns threshold crossings, closed
+invoices and system events into signed webhooks, each delivered at least once to every
+subscription that wants it.
 
 - `webhook-subscriptions` (compacted; the API writes it) is read whole by every notifier
   (`notify.subscriptions`).
-- An agent per source topic makes the notices (`notify.notices`) and plans one delivery per
-  subscription, sent to the outbox topic keyed by delivery; the outbox agent alone writes
-  the `outbox` table (a delivery planned twice, by a replay, is kept once) and keeps `due`,
-  the pending ones, in memory beside it (rebuilt from the table after each recovery).
+- An agent per source topic makes the notices (`notify.notices`,
+  `notify.system_events`) and plans one delivery per subscription into the outbox
+  (`notify.outbox`), which attempts them.
 - A close's invoice lines and its per-partition acknowledgement meet in the `invoices` table
   (through the invoices topic, keyed by close and partition); once a partition's lines are
   all there, each tenant's `invoice.closed` is planned.
-- A timer attempts what is due in the partitions this notifier owns (`notify.sender`),
-  bounded in concurrency, and sends each attempt's result back through the outbox topic, and
-  to `webhook-deliveries` (the log).
-
-A notifier killed at any point attempts again what it had not recorded: a receiver may see a
-`webhook-id` twice, never miss one (Standard Webhooks asks receivers to dedupe by it).
+- Each system event's state is in the `system-events` table; a timer plans
+  `system_event.overdue` for running ones past their `eta` and sets the gauge of active ones.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
-import random
-import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import faust
-import httpx
 import orjson
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from notify.notices import Notice, crossing_notice, invoice_notices, recipients
-from notify.schedule import Delivery, after_attempt
-from notify.sender import Outcome, attempt
-from notify.signing import subscription_secret
+from notify.outbox import Outbox, micros
+from notify.schedule import Delivery
 from notify.subscriptions import SubscriptionMirror
+from notify.system_events import SystemEventState, apply_system_event, identity, overdue
 from observability.notifier_metrics import NotifierMetrics
+from projections.decode import system_event
 from runtime.settings import Settings
 from schemas.records import InvoiceLine, MonthClosed, ThresholdCrossed
-from schemas.webhooks import WebhookAttempt, WebhookSubscription
+from schemas.webhooks import WebhookSubscription
 
 log = logging.getLogger("metering.notifier")
 CONCURRENCY = 32  # attempts in flight at once
 TICK = 0.25  # seconds between looks at what is due
-
-
-def _micros(moment: dt.datetime) -> int:
-    return int(moment.timestamp() * 1_000_000)
+WATCH = 1.0  # seconds between looks at running system events
 
 
 def group_of(settings: Settings) -> str:
@@ -69,6 +59,7 @@ def own_topics(settings: Settings) -> dict[str, dict[str, str]]:
         f"{group}-outbox-changelog": compacted,
         f"{group}-invoices": {},
         f"{group}-invoices-changelog": compacted,
+        f"{group}-system-events-changelog": compacted,
     }
 
 
@@ -105,21 +96,10 @@ class Notifier:
         topics = settings.topics
         self.subscriptions = SubscriptionMirror(settings)
         self.app.task(self.subscriptions.follow)
-        self.outbox_topic = self.app.topic(
-            f"{self.app.conf.id}-outbox", internal=True, partitions=settings.partitions
-        )
         as_json: faust.Schema[str, Any] = faust.Schema(
             key_serializer="json", value_serializer="json"
         )
-        self.outbox = self.app.Table("outbox", schema=as_json, on_recover=self.reindex)
-        self.log_topic = self.app.topic(topics.deliveries)
-        # Pending deliveries: key -> (next try, outbox partition), kept with `outbox`.
-        self.due: dict[str, tuple[int, int]] = {}
-        self.in_flight: set[str] = set()  # taken by an attempt whose result is not back
-        self.slots = asyncio.Semaphore(CONCURRENCY)
-        self.tasks: set[asyncio.Future[None]] = set()
-        self.client: httpx.AsyncClient | None = None
-        self.rng = random.Random()  # noqa: S311  # nosec B311  # jitter, not a secret
+        self.outbox = Outbox(self.app, settings, key, self.metrics, self.subscriptions, clock)
         # A close's lines and its acknowledgement meet in one place: keyed by close and
         # partition, whichever topic they came from.
         self.invoices_topic = self.app.topic(
@@ -130,8 +110,10 @@ class Notifier:
         self.app.agent(self.app.topic(topics.lines), name="lines")(self.on_lines)
         self.app.agent(self.app.topic(topics.closes), name="closes")(self.on_closes)
         self.app.agent(self.invoices_topic, name="invoices")(self.on_invoices)
-        self.app.agent(self.outbox_topic, name="outbox")(self.on_outbox)
-        self.app.timer(TICK)(self.send_due)
+        self.system_events = self.app.Table("system-events", schema=as_json)
+        self.overdue_planned: set[str] = set()  # in this process; the outbox keeps them once
+        self.app.agent(self.app.topic(topics.system), name="system")(self.on_system_events)
+        self.app.timer(WATCH)(self.watch_system_events)
 
     # Subscriptions -------------------------------------------------------------------------
     def live_subscriptions(self) -> list[WebhookSubscription]:
@@ -196,11 +178,59 @@ class Notifier:
                 held = {"lines": {}, "expected": held["expected"], "at": held["at"], "sent": True}
             self.invoices[key] = held
 
+    async def on_system_events(self, stream: Any) -> None:
+        """The one writer of `system-events`: each system event's current state."""
+        topic = self.settings.topics.system
+        async for event in stream.events():
+            headers = event.message.headers or []
+            items = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+            parsed = system_event(event.value, items)
+            if parsed is None:
+                self.metrics.records.labels(topic, "unreadable").inc()
+                continue
+            envelope, data = parsed
+            tenant = envelope.subject or ""
+            key = identity(tenant, data.key, data.scope, data.owner)
+            held = self.system_events.get(key)
+            before = SystemEventState.model_validate(held) if held is not None else None
+            after, notices = apply_system_event(before, envelope.type, tenant, data, envelope.time)
+            if after is None:
+                if held is not None:
+                    del self.system_events[key]
+            else:
+                state = after.model_dump(mode="json")
+                self.system_events[key] = {**state, "partition": event.message.partition}
+            if not notices:
+                self.metrics.records.labels(topic, "unsubscribed").inc()
+            for notice in notices:
+                await self.plan(topic, notice)
+
+    async def watch_system_events(self) -> None:
+        """Overdue notices, and the gauge of active system events, for owned partitions."""
+        if self.app.rebalancing or not self.subscriptions.loaded.is_set():
+            return
+        topic, now = self.settings.topics.system, self.clock()
+        owned = self.outbox.owned(self.app.topic(topic).get_topic_name())
+        active: Counter[tuple[str, str]] = Counter()
+        for value in list(self.system_events.values()):
+            if value["partition"] not in owned:
+                continue
+            state = SystemEventState.model_validate(value)
+            if state.active:
+                active[(state.key, state.scope)] += 1
+            notice = overdue(state, now)
+            if notice is not None and notice.webhook_id not in self.overdue_planned:
+                self.overdue_planned.add(notice.webhook_id)
+                await self.plan(topic, notice)
+        self.metrics.system_events.clear()
+        for (key, scope), count in active.items():
+            self.metrics.system_events.labels(key, scope).set(count)
+
     async def plan(self, topic: str, notice: Notice) -> None:
         await self.subscriptions.loaded.wait()  # no notice is judged against half a list
         wanted = recipients(notice, self.live_subscriptions())
         self.metrics.records.labels(topic, "notified" if wanted else "unsubscribed").inc()
-        now = _micros(self.clock())
+        now = micros(self.clock())
         for subscription in wanted:
             delivery = Delivery(
                 subscription=subscription.id,
@@ -212,127 +242,4 @@ class Notifier:
                 next_try=now,
             )
             value = orjson.dumps({"plan": delivery.model_dump()})
-            await self.outbox_topic.send(key=delivery.key.encode(), value=value)
-
-    async def on_outbox(self, stream: Any) -> None:
-        """The one writer of `outbox`, so it follows its changelog's order."""
-        async for event in stream.events():
-            message = orjson.loads(event.value)
-            partition = event.message.partition
-            delivery = Delivery.model_validate(message.get("plan") or message["result"])
-            known = self.outbox.get(delivery.key)
-            if "plan" in message and known is not None:
-                # Planned before (a replay, a notice made twice): keep the first, and make
-                # sure it is indexed even if a kill came between the write and the index.
-                self.index(Delivery.model_validate(known), partition)
-                continue
-            if "result" in message and (known is None or known["attempts"] >= delivery.attempts):
-                continue  # a result taken already (sent again after a kill)
-            if "plan" in message:
-                self.metrics.planned.labels(delivery.event_type).inc()
-            self.outbox[delivery.key] = {**delivery.model_dump(), "partition": partition}
-            self.index(delivery, partition)
-            self.in_flight.discard(delivery.key)
-
-    def index(self, delivery: Delivery, partition: int) -> None:
-        if delivery.status == "pending":
-            self.due[delivery.key] = (delivery.next_try, partition)
-        else:
-            self.due.pop(delivery.key, None)
-
-    async def reindex(self) -> None:
-        """After recovery: what the recovered outbox holds pending."""
-        self.due.clear()
-        for value in self.outbox.values():
-            self.index(Delivery.model_validate(value), value["partition"])
-
-    # Sending -------------------------------------------------------------------------------
-    def owned(self) -> set[int]:
-        outbox = self.outbox_topic.get_topic_name()
-        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == outbox}
-
-    async def send_due(self) -> None:
-        # Not while partitions move or the subscriptions are still loading: a delivery would
-        # be attempted by two notifiers, or refused for a subscription not read yet.
-        if self.app.rebalancing or not self.subscriptions.loaded.is_set():
-            return
-        now, owned = _micros(self.clock()), self.owned()
-        self.metrics.pending.set(len(self.due))
-        due = [
-            key
-            for key, (next_try, partition) in self.due.items()
-            if next_try <= now and partition in owned and key not in self.in_flight
-        ]
-        for key in due:
-            known = self.outbox.get(key)
-            if known is None:
-                continue
-            self.in_flight.add(key)
-            await self.slots.acquire()
-            task = asyncio.ensure_future(self._attempt(Delivery.model_validate(known)))
-            self.tasks.add(task)  # held until done: the loop keeps only weak references
-            task.add_done_callback(self.tasks.discard)
-
-    async def _attempt(self, delivery: Delivery) -> None:
-        at = self.clock()
-        try:
-            subscription = self._subscription(delivery.subscription)
-            if subscription is None:
-                outcome = Outcome(False, error="the subscription was deleted", refused=True)
-            else:
-                outcome = await attempt(
-                    self._client(), subscription.url, delivery,
-                    subscription_secret(self.key, subscription.id), at,
-                    self.settings.webhook_allow_private,
-                )  # fmt: skip
-        except Exception as error:  # one delivery's failure must not stop the notifier
-            log.exception("delivery %s failed unexpectedly", delivery.key)
-            outcome = Outcome(False, error=f"internal error: {type(error).__name__}")
-        try:
-            await self._record(delivery, outcome, at)
-        except Exception:  # the broker: tried again on a later tick
-            log.exception("the result of delivery %s was not recorded", delivery.key)
-            self.in_flight.discard(delivery.key)
-        finally:
-            self.slots.release()
-
-    def _subscription(self, subscription_id: str) -> WebhookSubscription | None:
-        return self.subscriptions.live.get(subscription_id)
-
-    def _client(self) -> httpx.AsyncClient:
-        if self.client is None:
-            self.client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
-        return self.client
-
-    async def _record(self, delivery: Delivery, outcome: Outcome, at: dt.datetime) -> None:
-        now = _micros(at)
-        after = after_attempt(delivery, outcome.ok, now, self.rng.random())
-        if outcome.refused:
-            after = after.model_copy(update={"status": "failed"})
-        state = {"delivered": "delivered", "failed": "failed", "pending": "retrying"}[after.status]
-        label = "refused" if outcome.refused else state
-        self.metrics.attempts.labels(label).inc()
-        record = WebhookAttempt(
-            # Unique per attempt made: one made again after a kill is logged again.
-            id=f"{delivery.key}/{after.attempts}/{uuid.uuid4().hex[:12]}",
-            subscription=delivery.subscription,
-            webhook_id=delivery.webhook_id,
-            event_type=delivery.event_type,
-            tenant=delivery.tenant,
-            attempt=after.attempts,
-            attempted_at=at,
-            status_code=outcome.status_code,
-            error=outcome.error,
-            outcome=label,
-            next_try=(
-                dt.datetime.fromtimestamp(after.next_try / 1e6, dt.UTC)
-                if after.status == "pending"
-                else None
-            ),
-        )
-        # Each send awaited until the broker has it: a lost result would leave the delivery
-        # taken until a restart.
-        logged = record.model_dump_json().encode()
-        await (await self.log_topic.send(key=delivery.subscription.encode(), value=logged))
-        value = orjson.dumps({"result": after.model_dump()})
-        await (await self.outbox_topic.send(key=delivery.key.encode(), value=value))
+            await (await self.outbox.topic.send(key=delivery.key.encode(), value=value))

@@ -42,6 +42,13 @@ class NotifierMetrics:
         self.subscriptions = Gauge(
             "metering_webhook_subscriptions", "Live webhook subscriptions.", registry=registry
         )
+        self.system_events = Gauge(
+            "metering_system_events_active",
+            "System events queued or running, by key and scope (the partitions this notifier "
+            "owns: sum over notifiers); the services dashboard draws them as annotations.",
+            ["key", "scope"],
+            registry=registry,
+        )
         for event_type in WEBHOOK_EVENT_TYPES:
             self.planned.labels(event_type)
         for outcome in ATTEMPT_OUTCOMES:

@@ -241,6 +241,20 @@ def check_system_event(
     return None
 
 
+def system_event(
+    value: bytes | None, headers: Headers | None = None
+) -> tuple[CloudEvent, SystemEventData] | None:
+    """A record of `system-events` as its envelope and data; None where the list could not
+    show it either (`check_system_event` dead-letters those)."""
+    try:
+        event = parse_envelope(value, _object(value, headers))
+        if event.type not in SYSTEM_EVENT_TYPES:
+            return None
+        return event, _data(SystemEventData, event)
+    except Rejected:
+        return None
+
+
 def payload_text(value: bytes | None) -> str:
     raw = (value or b"")[:MAX_PAYLOAD_ECHO]
     return raw.decode("utf-8", errors="backslashreplace")

@@ -47,6 +47,9 @@ def panel_queries() -> list[tuple[str, str, str]]:
         for panel in board["panels"]:
             for target in panel["targets"]:
                 found.append((board["title"], panel["title"], target["expr"]))
+        # Annotations query Prometheus too: they must find data like the panels.
+        for annotation in board.get("annotations", {}).get("list", []):
+            found.append((board["title"], f"annotation {annotation['name']}", annotation["expr"]))
     return found
 
 
@@ -180,7 +183,16 @@ def test_every_dashboard_panel_has_data_and_a_crossing_alert_fires(
     stack.create_topics()
     worker, worker_ready = stack.start("worker")
     stack.start_projector(METERING_METRICS_TENANT_TOP="5", METERING_METRICS_REFRESH="1")
+    _, notifier_ready = stack.start("notifier")
     month = previous_month(month_of(dt.datetime.now(dt.UTC), dt.UTC))
+    # A running import: the system-events annotation has something to draw.
+    running = tmp_path / "system.jsonl"
+    running.write_bytes(orjson.dumps({
+        "specversion": "1.0", "id": "import-1", "source": "ops", "type": "system.event.registered",
+        "subject": "tenant-00001", "time": dt.datetime.now(dt.UTC).isoformat(),
+        "data": {"key": "import", "scope": "database", "status": "running"},
+    }) + b"\n")  # fmt: skip
+    stack.cli("send", str(running))
     generated = tmp_path / "month.jsonl"
     stack.cli("generate", month, "--tenants", "8", "--scale", "0.3", "-o", str(generated))
     bad = tmp_path / "bad.jsonl"
@@ -195,6 +207,7 @@ def test_every_dashboard_panel_has_data_and_a_crossing_alert_fires(
         {
             "metering-worker": orjson.loads(worker_ready)["metrics_url"],
             "metering-projector": stack.env["METERING_API_URL"] + "/metrics",
+            "metering-notifier": orjson.loads(notifier_ready)["metrics_url"],
         },
         interval="1s",
     )
@@ -202,9 +215,9 @@ def test_every_dashboard_panel_has_data_and_a_crossing_alert_fires(
 
         def targets_up() -> bool:
             active = api.get("/api/v1/targets").json()["data"]["activeTargets"]
-            return len(active) == 2 and all(t["health"] == "up" for t in active)
+            return len(active) == 3 and all(t["health"] == "up" for t in active)
 
-        wait_for(targets_up, 60, "both targets to be scraped")
+        wait_for(targets_up, 60, "the three targets to be scraped")
 
         def query(expr: str) -> list[Any]:
             answer = api.get("/api/v1/query", params={"query": expr}).json()

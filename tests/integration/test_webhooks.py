@@ -292,3 +292,59 @@ def test_a_close_sends_each_tenant_its_invoice_once(stack: Stack, receiver: Rece
         )
         total = sum(Decimal(line["amount"]) for line in expected)
         assert Decimal(data["total"]) == total
+
+
+def _system(tenant: str, type_: str, data: dict[str, Any], at: dt.datetime, n: int) -> Any:
+    return cloudevent(
+        f"system.event.{type_}", data, tenant=tenant, time=at.isoformat(), id=f"s{n}",
+        source="ops",
+    )  # fmt: skip
+
+
+def test_system_events_are_told_started_finished_and_overdue_once(
+    stack: Stack, receiver: Receiver
+) -> None:
+    stack.env["METERING_WEBHOOK_ALLOW_PRIVATE"] = "true"
+    stack.create_topics()
+    stack.start_worker()
+    stack.start_projector()
+    stack.start("notifier")
+    api = stack.env["METERING_API_URL"]
+    types = ["system_event.started", "system_event.finished", "system_event.overdue"]
+    made = httpx.post(
+        f"{api}/v1/webhooks", json={"url": receiver.url, "event_types": types}, timeout=30
+    )
+    assert made.status_code == 201, made.text
+    now = dt.datetime.now(dt.UTC)
+    past, later = (
+        (now - dt.timedelta(minutes=5)).isoformat(),
+        (now + dt.timedelta(hours=2)).isoformat(),
+    )
+    events = [
+        # An import running past its expected finish: started, then overdue (once).
+        _system("acme", "registered", {"key": "import", "scope": "database", "status": "running",
+                "activated_at": past, "eta": past}, now - dt.timedelta(minutes=6), 1),
+        # A rebuild that finishes before its expected finish: started, finished, never overdue.
+        _system("acme", "registered", {"key": "rebuild", "scope": "system", "status": "running",
+                "activated_at": past, "eta": later}, now - dt.timedelta(minutes=6), 2),
+        _system("acme", "updated", {"key": "rebuild", "scope": "system", "status": "finished"},
+                now - dt.timedelta(minutes=1), 3),
+        # Queued only: nothing to tell.
+        _system("beta", "registered", {"key": "maintenance", "scope": "system",
+                "status": "queued"}, now - dt.timedelta(minutes=1), 4),
+    ]  # fmt: skip
+    stack.cli("send", str(stack.write("system.jsonl", events)))
+    verify = Webhook(made.json()["secret"])
+    wanted = {("import", "started"), ("import", "overdue"), ("rebuild", "started"),
+              ("rebuild", "finished")}  # fmt: skip
+    deadline = time.monotonic() + 90
+    while True:
+        told = [verify.verify(body, headers) for headers, body in receiver.delivered()]
+        got = {(m["data"]["key"], m["type"].split(".")[1]) for m in told}
+        if got >= wanted:
+            break
+        assert time.monotonic() < deadline, got
+        time.sleep(0.2)
+    time.sleep(3)  # three more looks of the overdue timer: nothing new may come
+    ids = Counter(h["webhook-id"] for h, _ in receiver.delivered())
+    assert len(ids) == len(wanted) and max(ids.values()) == 1, ids

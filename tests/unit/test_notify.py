@@ -23,7 +23,9 @@ from notify.schedule import (
     retry_delay,
 )
 from notify.signing import signing_key, subscription_secret
+from notify.system_events import apply_system_event, overdue
 from schemas.records import InvoiceLine, ThresholdCrossed
+from schemas.system_events import SystemEventData
 from schemas.webhooks import WebhookSubscription
 
 T0 = dt.datetime(2026, 3, 14, 9, 30, tzinfo=dt.UTC)
@@ -196,3 +198,51 @@ def test_a_close_makes_one_invoice_notice_per_tenant_with_its_lines_and_total() 
     assert [n.webhook_id for n in again] == [n.webhook_id for n in notices]
     assert notices[0].body() == again[0].body()
     assert len({n.webhook_id for n in notices}) == 2
+
+
+def _sys(**fields: object) -> SystemEventData:
+    return SystemEventData.model_validate({"key": "import", "scope": "database", **fields})
+
+
+def test_a_system_event_is_told_started_then_finished_and_overdue_only_while_running() -> None:
+    eta = T0 + dt.timedelta(hours=1)
+    state, told = apply_system_event(
+        None, "system.event.registered", "acme", _sys(status="queued", eta=eta), T0
+    )
+    assert state is not None and state.active and told == []
+    state, told = apply_system_event(
+        state, "system.event.updated", "acme", _sys(status="running", activated_at=T0), T0
+    )
+    assert [n.event_type for n in told] == ["system_event.started"]
+    assert state is not None and state.eta == eta  # an update keeps what it does not give
+    assert overdue(state, eta - dt.timedelta(seconds=1)) is None
+    late = overdue(state, eta)
+    assert late is not None and late.event_type == "system_event.overdue"
+    assert overdue(state, eta + dt.timedelta(hours=5)) == late  # the same notice, same id
+    again, told_again = apply_system_event(
+        state, "system.event.updated", "acme", _sys(message="still going"), T0
+    )
+    assert told_again == [] and again is not None and again.status == "running"
+    done, told = apply_system_event(
+        again, "system.event.updated", "acme", _sys(status="finished"), eta
+    )
+    assert [n.event_type for n in told] == ["system_event.finished"]
+    assert done is not None and not done.active
+    assert overdue(done, eta + dt.timedelta(hours=5)) is None
+    gone, told = apply_system_event(done, "system.event.deleted", "acme", _sys(), eta)
+    assert gone is None and told == []
+
+
+def test_a_second_run_of_the_same_system_event_is_a_new_notice() -> None:
+    _, told_first = apply_system_event(
+        None, "system.event.registered", "acme", _sys(status="running", activated_at=T0), T0
+    )
+    later = T0 + dt.timedelta(days=1)
+    _, told_second = apply_system_event(
+        None, "system.event.registered", "acme", _sys(status="running", activated_at=later), later
+    )
+    assert told_first[0].webhook_id != told_second[0].webhook_id
+    _, told_replay = apply_system_event(
+        None, "system.event.registered", "acme", _sys(status="running", activated_at=T0), T0
+    )
+    assert told_replay[0].webhook_id == told_first[0].webhook_id  # a replay: the same id
