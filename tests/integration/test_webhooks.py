@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import socket
 import threading
 import time
 from collections import Counter
@@ -33,8 +34,10 @@ class Receiver:
     """An HTTP endpoint that records every request, and answers 500 to the first
     `failures` requests of each webhook id; each answer takes `delay` seconds."""
 
-    def __init__(self, failures: int = 0, delay: float = 0.0) -> None:
-        self.failures, self.delay = failures, delay
+    def __init__(
+        self, failures: int = 0, delay: float = 0.0, first_delay: float = 0.0, port: int = 0
+    ) -> None:
+        self.failures, self.delay, self.first_delay = failures, delay, first_delay
         self.requests: list[tuple[dict[str, str], bytes, int]] = []
         self.lock = threading.Lock()
         receiver = self
@@ -42,7 +45,10 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # http.server's name
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                time.sleep(receiver.delay)
+                webhook_id = self.headers.get("webhook-id")
+                with receiver.lock:
+                    first = all(h.get("webhook-id") != webhook_id for h, _, _ in receiver.requests)
+                time.sleep(receiver.first_delay if first else receiver.delay)
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 with receiver.lock:
                     seen = sum(
@@ -59,7 +65,7 @@ class Receiver:
             def log_message(self, format: str, *args: object) -> None:
                 return
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/hooks"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -348,3 +354,61 @@ def test_system_events_are_told_started_finished_and_overdue_once(
     time.sleep(3)  # three more looks of the overdue timer: nothing new may come
     ids = Counter(h["webhook-id"] for h, _ in receiver.delivered())
     assert len(ids) == len(wanted) and max(ids.values()) == 1, ids
+
+
+def test_a_receiver_that_hangs_or_is_down_gets_everything_once_it_answers(stack: Stack) -> None:
+    hanging = Receiver(first_delay=20.0)  # longer than a whole attempt may take (15 s)
+    with socket.socket() as probe:  # a port nobody listens on, for now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    down_url = f"http://127.0.0.1:{port}/hooks"
+    try:
+        stack.env["METERING_WEBHOOK_ALLOW_PRIVATE"] = "true"
+        stack.create_topics()
+        stack.start_worker()
+        stack.start_projector()
+        stack.start("notifier")
+        api = stack.env["METERING_API_URL"]
+        made = {}
+        for name, url in (("hanging", hanging.url), ("down", down_url)):
+            answer = httpx.post(
+                f"{api}/v1/webhooks", json={"url": url, "event_types": ["threshold.exceeded"]},
+                timeout=30,
+            )  # fmt: skip
+            assert answer.status_code == 201, answer.text
+            made[name] = answer.json()
+        now = dt.datetime.now(dt.UTC)
+        stack.cli("send", str(stack.write("events.jsonl", _crossing_month(["acme"], now))))
+        time.sleep(8)  # the down endpoint refuses a first attempt or two meanwhile
+        down = Receiver(port=port)
+        try:
+            deadline = time.monotonic() + 90
+            for receiver in (hanging, down):
+                while not receiver.delivered():
+                    assert time.monotonic() < deadline, receiver.requests
+                    time.sleep(0.2)
+            log_url = f"{api}/v1/webhooks/{made['down']['id']}/deliveries"
+            while not any(d["outcome"] == "delivered" for d in _log(log_url)):
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            attempts = _log(log_url)
+            refused = [d for d in attempts if d["outcome"] == "retrying"]
+            assert refused and all(d["status_code"] is None for d in refused), attempts
+            assert all(d["error"] for d in refused)
+            hung = _log(f"{api}/v1/webhooks/{made['hanging']['id']}/deliveries")
+            assert any(d["error"] == "timed out" for d in hung), hung
+            for receiver, name in ((hanging, "hanging"), (down, "down")):
+                verify = Webhook(made[name]["secret"])
+                for headers, body in receiver.delivered():
+                    assert verify.verify(body, headers)["type"] == "threshold.exceeded"
+        finally:
+            down.close()
+    finally:
+        hanging.close()
+
+
+def _log(url: str) -> list[dict[str, Any]]:
+    answer = httpx.get(url, timeout=60)
+    assert answer.status_code == 200, answer.text
+    deliveries: list[dict[str, Any]] = answer.json()["deliveries"]
+    return deliveries
