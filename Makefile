@@ -60,11 +60,13 @@ bench: install kafka ## Benchmarks at full size (2M events end to end, 5M for me
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.readmodel --events 10000000
 	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.notifier
 
 bench-quick: install kafka ## Benchmarks at a size that only checks the harness (CI)
 	$(BIN)/python -m bench.pipeline --quick
 	$(BIN)/python -m bench.readmodel --quick
 	$(BIN)/python -m bench.ingest --quick
+	$(BIN)/python -m bench.notifier --quick
 
 check: lint typecheck test bench-quick ## What CI runs
 
