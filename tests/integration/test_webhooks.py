@@ -28,6 +28,7 @@ from tests.factories import cloudevent
 
 pytestmark = pytest.mark.integration
 MAILING = "metering.mailing.sent"
+THRESHOLDS = ["threshold.warning", "threshold.exceeded", "threshold.package"]
 
 
 class Receiver:
@@ -85,6 +86,27 @@ def receiver() -> Iterator[Receiver]:
     found.close()
 
 
+def _up(stack: Stack) -> tuple[str, Any]:
+    """Worker, read model and notifier on the test's topics; the API's URL and the notifier.
+    Endpoints may be on loopback: the receivers are."""
+    stack.env["METERING_WEBHOOK_ALLOW_PRIVATE"] = "true"
+    stack.create_topics()
+    stack.start_worker()
+    stack.start_projector()
+    notifier, _ = stack.start("notifier")
+    return stack.env["METERING_API_URL"], notifier
+
+
+def _subscribe(api: str, url: str, types: list[str], tenant: str | None = None) -> Any:
+    """A new subscription as `POST /v1/webhooks` answers it (with its secret)."""
+    body: dict[str, Any] = {"url": url, "event_types": types}
+    if tenant is not None:
+        body["tenant"] = tenant
+    made = httpx.post(f"{api}/v1/webhooks", json=body, timeout=30)
+    assert made.status_code == 201, made.text
+    return made.json()
+
+
 def _events(now: dt.datetime) -> list[dict[str, Any]]:
     at = lambda minutes: (now - dt.timedelta(minutes=minutes)).isoformat()  # noqa: E731
     return [
@@ -101,20 +123,8 @@ def _events(now: dt.datetime) -> list[dict[str, Any]]:
 def test_every_crossing_reaches_its_subscriber_once_signed(
     stack: Stack, receiver: Receiver
 ) -> None:
-    stack.env["METERING_WEBHOOK_ALLOW_PRIVATE"] = "true"  # the receiver is on loopback
-    stack.create_topics()
-    stack.start_worker()
-    stack.start_projector()
-    stack.start("notifier")
-    api = stack.env["METERING_API_URL"]
-    made = httpx.post(
-        f"{api}/v1/webhooks",
-        json={"url": receiver.url, "tenant": "acme",
-              "event_types": ["threshold.warning", "threshold.exceeded", "threshold.package"]},
-        timeout=30,
-    )  # fmt: skip
-    assert made.status_code == 201, made.text
-    subscription = made.json()
+    api, _ = _up(stack)
+    subscription = _subscribe(api, receiver.url, THRESHOLDS, tenant="acme")
     assert subscription["secret"].startswith("whsec_")
     answer = httpx.get(f"{api}/v1/webhooks", timeout=60)
     assert answer.status_code == 200, answer.text
@@ -192,18 +202,8 @@ def test_a_notifier_killed_mid_burst_delivers_everything_after_a_restart(stack: 
     # retries are slow enough that the kill finds them in flight.
     receiver = Receiver(failures=1, delay=0.5)
     try:
-        stack.env["METERING_WEBHOOK_ALLOW_PRIVATE"] = "true"
-        stack.create_topics()
-        stack.start_worker()
-        stack.start_projector()
-        notifier, _ = stack.start("notifier")
-        api = stack.env["METERING_API_URL"]
-        types = ["threshold.warning", "threshold.exceeded", "threshold.package"]
-        made = httpx.post(
-            f"{api}/v1/webhooks", json={"url": receiver.url, "event_types": types}, timeout=30
-        )
-        assert made.status_code == 201, made.text
-        secret = made.json()["secret"]
+        api, notifier = _up(stack)
+        secret = _subscribe(api, receiver.url, THRESHOLDS)["secret"]
         tenants = [f"tenant-{n:02d}" for n in range(40)]
         events = _crossing_month(tenants, dt.datetime.now(dt.UTC))
         stack.cli("send", str(stack.write("events.jsonl", events)))
@@ -257,17 +257,8 @@ async def _committed(settings: Settings, group: str) -> bool:
 
 
 def test_a_close_sends_each_tenant_its_invoice_once(stack: Stack, receiver: Receiver) -> None:
-    stack.env["METERING_WEBHOOK_ALLOW_PRIVATE"] = "true"
-    stack.create_topics()
-    stack.start_worker()
-    stack.start_projector()
-    stack.start("notifier")
-    api = stack.env["METERING_API_URL"]
-    made = httpx.post(
-        f"{api}/v1/webhooks", json={"url": receiver.url, "event_types": ["invoice.closed"]},
-        timeout=30,
-    )  # fmt: skip
-    assert made.status_code == 201, made.text
+    api, _ = _up(stack)
+    made = _subscribe(api, receiver.url, ["invoice.closed"])
     now = dt.datetime.now(dt.UTC)
     tenants = [f"tenant-{n:02d}" for n in range(6)]
     stack.cli("send", str(stack.write("events.jsonl", _crossing_month(tenants, now))))
@@ -286,7 +277,7 @@ def test_a_close_sends_each_tenant_its_invoice_once(stack: Stack, receiver: Rece
         assert time.monotonic() < deadline, receiver.requests
         time.sleep(0.2)
     time.sleep(1)  # nothing more may come
-    verify = Webhook(made.json()["secret"])
+    verify = Webhook(made["secret"])
     invoices = [verify.verify(body, headers) for headers, body in receiver.delivered()]
     assert len({h["webhook-id"] for h, _ in receiver.delivered()}) == len(tenants)
     for invoice in invoices:
@@ -310,17 +301,9 @@ def _system(tenant: str, type_: str, data: dict[str, Any], at: dt.datetime, n: i
 def test_system_events_are_told_started_finished_and_overdue_once(
     stack: Stack, receiver: Receiver
 ) -> None:
-    stack.env["METERING_WEBHOOK_ALLOW_PRIVATE"] = "true"
-    stack.create_topics()
-    stack.start_worker()
-    stack.start_projector()
-    stack.start("notifier")
-    api = stack.env["METERING_API_URL"]
+    api, _ = _up(stack)
     types = ["system_event.started", "system_event.finished", "system_event.overdue"]
-    made = httpx.post(
-        f"{api}/v1/webhooks", json={"url": receiver.url, "event_types": types}, timeout=30
-    )
-    assert made.status_code == 201, made.text
+    made = _subscribe(api, receiver.url, types)
     now = dt.datetime.now(dt.UTC)
     past, later = (
         (now - dt.timedelta(minutes=5)).isoformat(),
@@ -340,7 +323,7 @@ def test_system_events_are_told_started_finished_and_overdue_once(
                 "status": "queued"}, now - dt.timedelta(minutes=1), 4),
     ]  # fmt: skip
     stack.cli("send", str(stack.write("system.jsonl", events)))
-    verify = Webhook(made.json()["secret"])
+    verify = Webhook(made["secret"])
     wanted = {("import", "started"), ("import", "overdue"), ("rebuild", "started"),
               ("rebuild", "finished")}  # fmt: skip
     deadline = time.monotonic() + 90
@@ -363,20 +346,11 @@ def test_a_receiver_that_hangs_or_is_down_gets_everything_once_it_answers(stack:
         port = probe.getsockname()[1]
     down_url = f"http://127.0.0.1:{port}/hooks"
     try:
-        stack.env["METERING_WEBHOOK_ALLOW_PRIVATE"] = "true"
-        stack.create_topics()
-        stack.start_worker()
-        stack.start_projector()
-        stack.start("notifier")
-        api = stack.env["METERING_API_URL"]
-        made = {}
-        for name, url in (("hanging", hanging.url), ("down", down_url)):
-            answer = httpx.post(
-                f"{api}/v1/webhooks", json={"url": url, "event_types": ["threshold.exceeded"]},
-                timeout=30,
-            )  # fmt: skip
-            assert answer.status_code == 201, answer.text
-            made[name] = answer.json()
+        api, _ = _up(stack)
+        made = {
+            name: _subscribe(api, url, ["threshold.exceeded"])
+            for name, url in (("hanging", hanging.url), ("down", down_url))
+        }
         now = dt.datetime.now(dt.UTC)
         stack.cli("send", str(stack.write("events.jsonl", _crossing_month(["acme"], now))))
         time.sleep(8)  # the down endpoint refuses a first attempt or two meanwhile
