@@ -8,6 +8,8 @@ Threshold crossings are written straight to `threshold-crossings` (no worker), o
 subscription wants them all, and a local receiver answers 204 at once. Timed from the first
 crossing produced until the receiver has every webhook. The baseline posts as many bodies to
 the same receiver with one httpx client, 32 at a time: what the receiver and HTTP alone allow.
+Then crossings at a steady rate (`--rate`, below the throughput) for `--seconds`: the lag
+from each crossing produced to its webhook's arrival, p50 and p99.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Receiver(ThreadingHTTPServer):
 
     def __init__(self) -> None:
         self.count = 0
+        self.arrived: dict[str, float] = {}  # webhook id -> when it first arrived (monotonic)
         self.lock = threading.Lock()
         receiver = self
 
@@ -51,6 +54,9 @@ class Receiver(ThreadingHTTPServer):
                 self.rfile.read(int(self.headers.get("content-length", "0")))
                 with receiver.lock:
                     receiver.count += 1
+                    webhook_id = self.headers.get("webhook-id")
+                    if webhook_id is not None:  # the baseline's posts have none
+                        receiver.arrived.setdefault(webhook_id, time.monotonic())
                 self.send_response(204)
                 self.send_header("content-length", "0")
                 self.end_headers()
@@ -97,7 +103,36 @@ async def produce(settings: Settings, records: list[tuple[bytes, bytes]]) -> Non
         await client.flush()
 
 
-def run(count: int, workdir: Path) -> dict[str, Any]:
+async def steady(
+    settings: Settings, records: list[tuple[bytes, bytes]], rate: float
+) -> dict[str, float]:
+    """Produce at `rate` per second; each crossing's id -> when it was sent (monotonic)."""
+    sent: dict[str, float] = {}
+    async with producer(settings) as client:
+        started = time.monotonic()
+        for n, (key, value) in enumerate(records):
+            await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
+            sent[orjson.loads(value)["id"]] = time.monotonic()
+            await client.send(settings.topics.crossings, value, key=key)
+        await client.flush()
+    return sent
+
+
+def lag_figures(receiver: Receiver, sent: dict[str, float], rate: float) -> dict[str, float]:
+    """Produced -> first arrival at the receiver, p50 and p99, at a steady rate."""
+    deadline = time.monotonic() + 120
+    while not all(i in receiver.arrived for i in sent) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    lags = sorted(receiver.arrived[i] - t for i, t in sent.items() if i in receiver.arrived)
+    if len(lags) < len(sent):
+        raise TimeoutError(f"{len(lags)} of {len(sent)} delivered at {rate}/s")
+    return {
+        f"lag_at_{rate:.0f}_per_s_p50_s": lags[len(lags) // 2],
+        f"lag_at_{rate:.0f}_per_s_p99_s": lags[min(len(lags) - 1, int(len(lags) * 0.99))],
+    }
+
+
+def run(count: int, workdir: Path, rate: float, seconds: float) -> dict[str, Any]:
     broker = start_broker(workdir / "kafka", Settings().cache_dir)
     receiver = Receiver()
     components: list[Component] = []
@@ -128,6 +163,9 @@ def run(count: int, workdir: Path) -> dict[str, Any]:
         took = time.monotonic() - started
         figures["notifier_deliveries_per_s"] = count / took
         figures["notifier_cpu_us_per_delivery"] = (notifier.cpu_seconds() - cpu) / count * 1e6
+        # Lag at a steady rate below the throughput: the webhook ids are the crossings' ids.
+        records = crossings(int(rate * seconds), dt.datetime.now(dt.UTC))
+        figures.update(lag_figures(receiver, asyncio.run(steady(settings, records, rate)), rate))
         figures["notifier_peak_rss_mib"] = notifier.peak_rss_mib()
         figures["notifier_vs_baseline"] = (
             figures["notifier_deliveries_per_s"] / figures["baseline_posts_per_s"]
@@ -145,10 +183,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--deliveries", type=int, default=4_000)
-    parser.add_argument("--quick", action="store_true", help="200 deliveries")
+    parser.add_argument("--rate", type=float, default=50.0, help="crossings/s of the lag run")
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of the lag run")
+    parser.add_argument("--quick", action="store_true", help="200 deliveries, 3 s of lag run")
     args = parser.parse_args()
+    count, seconds = (200, 3.0) if args.quick else (args.deliveries, args.seconds)
     with tempfile.TemporaryDirectory(prefix="bench-notifier-") as tmp:
-        figures = run(200 if args.quick else args.deliveries, Path(tmp))
+        figures = run(count, Path(tmp), args.rate, seconds)
     report(figures, "notifier", args.quick)
 
 

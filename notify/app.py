@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -40,9 +41,8 @@ from schemas.records import InvoiceLine, MonthClosed, ThresholdCrossed
 from schemas.webhooks import WebhookSubscription
 
 log = logging.getLogger("metering.notifier")
-CONCURRENCY = 32  # attempts in flight at once
-TICK = 0.25  # seconds between looks at what is due
 WATCH = 1.0  # seconds between looks at running system events
+IDLE = 5.0  # seconds without a record after which a partition counts as read to its end
 
 
 def group_of(settings: Settings) -> str:
@@ -112,6 +112,9 @@ class Notifier:
         self.app.agent(self.invoices_topic, name="invoices")(self.on_invoices)
         self.system_events = self.app.Table("system-events", schema=as_json)
         self.overdue_planned: set[str] = set()  # in this process; the outbox keeps them once
+        # Per partition of system-events: when its last record was read, and its log time.
+        self.system_read: dict[int, tuple[float, dt.datetime]] = {}
+        self.started = time.monotonic()
         self.app.agent(self.app.topic(topics.system), name="system")(self.on_system_events)
         self.app.timer(WATCH)(self.watch_system_events)
 
@@ -130,7 +133,13 @@ class Notifier:
             except ValidationError:
                 self.metrics.records.labels(topic, "unreadable").inc()
                 continue
-            await self.plan(topic, notice)
+            self.count(topic, [await self.plan(notice)])
+
+    def count(self, topic: str, planned: list[bool]) -> None:
+        """A record's outcome: notified (some subscription wanted a notice it made),
+        unsubscribed (nobody did), silent (it made no notice)."""
+        outcome = "notified" if any(planned) else "unsubscribed" if planned else "silent"
+        self.metrics.records.labels(topic, outcome).inc()
 
     async def on_lines(self, stream: Any) -> None:
         topic = self.settings.topics.lines
@@ -173,8 +182,8 @@ class Notifier:
             if held["expected"] is not None and len(held["lines"]) >= held["expected"]:
                 at = dt.datetime.fromtimestamp(held["at"], dt.UTC)
                 lines = [InvoiceLine.model_validate(line) for line in held["lines"].values()]
-                for notice in invoice_notices(lines, at):
-                    await self.plan(topic, notice)
+                planned = [await self.plan(n) for n in invoice_notices(lines, at)]
+                self.count(topic, planned)
                 held = {"lines": {}, "expected": held["expected"], "at": held["at"], "sent": True}
             self.invoices[key] = held
 
@@ -200,10 +209,11 @@ class Notifier:
             else:
                 state = after.model_dump(mode="json")
                 self.system_events[key] = {**state, "partition": event.message.partition}
-            if not notices:
-                self.metrics.records.labels(topic, "unsubscribed").inc()
-            for notice in notices:
-                await self.plan(topic, notice)
+            self.system_read[event.message.partition] = (
+                time.monotonic(),
+                dt.datetime.fromtimestamp(event.message.timestamp, dt.UTC),
+            )
+            self.count(topic, [await self.plan(notice) for notice in notices])
 
     async def watch_system_events(self) -> None:
         """Overdue notices, and the gauge of active system events, for owned partitions."""
@@ -212,24 +222,39 @@ class Notifier:
         topic, now = self.settings.topics.system, self.clock()
         owned = self.outbox.owned(self.app.topic(topic).get_topic_name())
         active: Counter[tuple[str, str]] = Counter()
-        for value in list(self.system_events.values()):
+        for key, value in list(self.system_events.items()):
             if value["partition"] not in owned:
                 continue
             state = SystemEventState.model_validate(value)
             if state.active:
                 active[(state.key, state.scope)] += 1
-            notice = overdue(state, now)
-            if notice is not None and notice.webhook_id not in self.overdue_planned:
-                self.overdue_planned.add(notice.webhook_id)
-                await self.plan(topic, notice)
+            as_of = self.read_to(value["partition"], now)
+            notice = overdue(state, as_of) if as_of is not None else None
+            if notice is None or notice.webhook_id in self.overdue_planned:
+                continue
+            if self.system_events.get(key) != value:
+                continue  # changed while this look planned others: the next look judges it
+            self.overdue_planned.add(notice.webhook_id)
+            await self.plan(notice)
         self.metrics.system_events.clear()
         for (key, scope), count in active.items():
             self.metrics.system_events.labels(key, scope).set(count)
 
-    async def plan(self, topic: str, notice: Notice) -> None:
+    def read_to(self, partition: int, now: dt.datetime) -> dt.datetime | None:
+        """The time up to which a partition of `system-events` has been read: now once the
+        agent has read nothing there for a while (it is caught up), else the log time of the
+        last record it read, so that a backlog's runs are not judged late before their
+        finish is read. None: nothing read there yet, and not idle long enough to tell."""
+        read = self.system_read.get(partition)
+        if read is None:
+            return now if time.monotonic() - self.started > IDLE else None
+        read_at, log_time = read
+        return now if time.monotonic() - read_at > IDLE else log_time
+
+    async def plan(self, notice: Notice) -> bool:
+        """A delivery of `notice` for each subscription that wants it; whether any did."""
         await self.subscriptions.loaded.wait()  # no notice is judged against half a list
         wanted = recipients(notice, self.live_subscriptions())
-        self.metrics.records.labels(topic, "notified" if wanted else "unsubscribed").inc()
         now = micros(self.clock())
         for subscription in wanted:
             delivery = Delivery(
@@ -243,3 +268,4 @@ class Notifier:
             )
             value = orjson.dumps({"plan": delivery.model_dump()})
             await (await self.outbox.topic.send(key=delivery.key.encode(), value=value))
+        return bool(wanted)

@@ -70,7 +70,14 @@ def apply_system_event(
     """The state after one event of type `type_` at `at` (its time), and its notices."""
     if type_.endswith(".deleted"):
         return None, []
-    given = {name: getattr(data, name) for name in FIELDS if name in data.model_fields_set}
+    if before is None and not type_.endswith(".registered"):
+        return None, []  # an update of nothing registered (or deleted): the list ignores it
+    # As the list: an update replaces the fields it gives, but a status of null is no status.
+    given = {
+        name: getattr(data, name)
+        for name in FIELDS
+        if name in data.model_fields_set and not (name == "status" and data.status is None)
+    }
     if before is None or type_.endswith(".registered"):
         state = SystemEventState(
             tenant=tenant, key=data.key, scope=data.scope, owner=data.owner, **given

@@ -246,3 +246,23 @@ def test_a_second_run_of_the_same_system_event_is_a_new_notice() -> None:
         None, "system.event.registered", "acme", _sys(status="running", activated_at=T0), T0
     )
     assert told_replay[0].webhook_id == told_first[0].webhook_id  # a replay: the same id
+
+
+def test_an_update_of_nothing_registered_is_ignored_and_a_null_status_changes_nothing() -> None:
+    ghost, told = apply_system_event(
+        None, "system.event.updated", "acme", _sys(status="running", activated_at=T0), T0
+    )
+    assert ghost is None and told == []
+    running, told = apply_system_event(
+        None, "system.event.registered", "acme", _sys(status="running", activated_at=T0), T0
+    )
+    assert running is not None and len(told) == 1
+    still, told = apply_system_event(
+        running, "system.event.updated", "acme", _sys(status=None, message="x"), T0
+    )
+    assert still is not None and still.status == "running" and told == []
+    gone, _ = apply_system_event(still, "system.event.deleted", "acme", _sys(), T0)
+    after, told = apply_system_event(
+        gone, "system.event.updated", "acme", _sys(status="running"), T0
+    )
+    assert after is None and told == []
