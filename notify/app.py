@@ -21,13 +21,13 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
 import orjson
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from prometheus_client import CollectorRegistry
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from notify.notices import Notice, crossing_notice, invoice_notices, recipients
 from notify.outbox import Outbox, micros
@@ -41,6 +41,7 @@ from schemas.records import InvoiceLine, MonthClosed, ThresholdCrossed
 from schemas.webhooks import WebhookSubscription
 
 log = logging.getLogger("metering.notifier")
+R = TypeVar("R", bound=BaseModel)
 WATCH = 1.0  # seconds between looks at running system events
 IDLE = 5.0  # seconds without a record after which a partition counts as read to its end
 
@@ -128,12 +129,17 @@ class Notifier:
     async def on_crossings(self, stream: Any) -> None:
         topic = self.settings.topics.crossings
         async for value in stream:
-            try:
-                notice = crossing_notice(ThresholdCrossed.model_validate_json(value))
-            except ValidationError:
-                self.metrics.records.labels(topic, "unreadable").inc()
-                continue
-            self.count(topic, [await self.plan(notice)])
+            if (crossing := self.read(ThresholdCrossed, value, topic)) is not None:
+                self.count(topic, [await self.plan(crossing_notice(crossing))])
+
+    def read(self, model: type[R], value: bytes, topic: str) -> R | None:
+        """The record as `model`, or None: not the contract's shape, counted as unreadable and
+        skipped (reading it again would fail again)."""
+        try:
+            return model.model_validate_json(value)
+        except ValidationError:
+            self.metrics.records.labels(topic, "unreadable").inc()
+            return None
 
     def count(self, topic: str, planned: list[bool]) -> None:
         """A record's outcome: notified (some subscription wanted a notice it made),
@@ -144,10 +150,7 @@ class Notifier:
     async def on_lines(self, stream: Any) -> None:
         topic = self.settings.topics.lines
         async for value in stream:
-            try:
-                line = InvoiceLine.model_validate_json(value)
-            except ValidationError:
-                self.metrics.records.labels(topic, "unreadable").inc()
+            if (line := self.read(InvoiceLine, value, topic)) is None:
                 continue
             key = f"{line.provenance.close_id}/{line.provenance.partition}"
             part = orjson.dumps({"line": line.model_dump(mode="json")})
@@ -156,10 +159,7 @@ class Notifier:
     async def on_closes(self, stream: Any) -> None:
         topic = self.settings.topics.closes
         async for event in stream.events():
-            try:
-                closed = MonthClosed.model_validate_json(event.value)
-            except ValidationError:
-                self.metrics.records.labels(topic, "unreadable").inc()
+            if (closed := self.read(MonthClosed, event.value, topic)) is None:
                 continue
             key = f"{closed.close_id}/{closed.partition}"
             at = event.message.timestamp  # seconds: when the close was acknowledged

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import uuid
 
 import faust
 from aiokafka.admin import NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 from prometheus_client import CollectorRegistry
 
 from notify.app import Notifier, own_topics
@@ -18,22 +16,18 @@ from notify.signing import signing_key
 from observability.exposition import serve
 from runtime.clock import Clock, system_clock
 from runtime.settings import Settings
-from streams.kafka import admin_client
+from streams.kafka import admin_client, create_missing
 
 log = logging.getLogger("metering.notifier")
 
 
 async def ensure_own_topics(settings: Settings) -> None:
     async with admin_client(settings) as admin:
-        existing = set(await admin.list_topics())
-        new = [
+        wanted = [
             NewTopic(name, settings.partitions, 1, topic_configs=configs)
             for name, configs in own_topics(settings).items()
-            if name not in existing
         ]
-        if new:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(new)
+        await create_missing(admin, wanted)
 
 
 def run_notifier(settings: Settings, clock: Clock = system_clock) -> None:

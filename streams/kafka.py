@@ -51,24 +51,25 @@ def _configs(topics: Topics, name: str) -> dict[str, str]:
     return SUBSCRIPTIONS_CONFIG if name == topics.subscriptions else {}
 
 
+async def create_missing(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> None:
+    """Create those of `topics` that do not exist yet; one made meanwhile by another process
+    (a worker and the notifier starting at once) is as good."""
+    existing = set(await admin.list_topics())
+    new = [topic for topic in topics if topic.name not in existing]
+    if new:
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics(new)
+
+
 async def ensure_topics(settings: Settings, replication: int = 1) -> None:
     """Create the contract topics if missing; input topics must be co-partitioned."""
     topics = settings.topics
     async with admin_client(settings) as admin:
-        existing = set(await admin.list_topics())
-        new = [
-            NewTopic(
-                name,
-                settings.partitions,
-                replication,
-                topic_configs=_configs(topics, name),
-            )
+        wanted = [
+            NewTopic(name, settings.partitions, replication, topic_configs=_configs(topics, name))
             for name in topics.all
-            if name not in existing
         ]
-        if new:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(new)
+        await create_missing(admin, wanted)
         described = await admin.describe_topics(list(topics.inputs))
     counts = {d["topic"]: len(d["partitions"]) for d in described}
     if len(set(counts.values())) != 1:

@@ -20,7 +20,6 @@ may cover the same offsets and yet hold fewer entries (those its tenants already
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
@@ -28,14 +27,13 @@ from collections.abc import AsyncIterator, Iterable
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 
 from billing.plan import Plan
 from projections.batch import BatchResult
 from projections.horizon import forgotten
 from projections.tenant import TenantState
 from runtime.settings import Settings
-from streams.kafka import admin_client, read_to_end, send_many
+from streams.kafka import admin_client, create_missing, read_to_end, send_many
 from streams.seen import SeenIndex
 
 TABLES = ("tenants", "seen", "barriers", "partitions")
@@ -247,14 +245,10 @@ def _load(store: Store, raw: dict[str, dict[bytes, bytes]]) -> None:
 async def ensure_changelogs(settings: Settings) -> None:
     """Create the worker group's compacted state topics, partitioned like the inputs."""
     async with admin_client(settings) as admin:
-        existing = set(await admin.list_topics())
         described = await admin.describe_topics([settings.topics.usage])
         partitions = len(described[0]["partitions"])
-        new = [
+        wanted = [
             NewTopic(changelog(settings.app_id, table), partitions, 1, topic_configs=COMPACTED)
             for table in TABLES
-            if changelog(settings.app_id, table) not in existing
         ]
-        if new:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(new)
+        await create_missing(admin, wanted)
