@@ -126,6 +126,8 @@ def test_a_delivery_answered_2xx_is_delivered_and_never_due_again() -> None:
         ("http://169.254.169.254/latest/meta-data", "not a public address"),
         ("http://[::1]/x", "not a public address"),
         ("http://[::ffff:127.0.0.1]/x", "not a public address"),
+        ("http://[64:ff9b::a00:1]/x", "not a public address"),  # NAT64 of 10.0.0.1
+        ("http://[2002:a00:1::1]/x", "not a public address"),  # 6to4 of 10.0.0.1
         ("http://0.0.0.0/x", "not a public address"),
         ("http://example.com:99999/x", "not a valid URL"),
     ],
