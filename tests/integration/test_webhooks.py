@@ -20,7 +20,8 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from projections.months import next_month
+from billing.plan import load_plan
+from projections.months import month_of, next_month
 from runtime.settings import Settings
 from streams.kafka import admin_client, consumer, partitions_of, read_all
 from tests.conftest import Stack
@@ -184,15 +185,21 @@ def _wait_for_crossings(settings: Settings) -> list[dict[str, Any]]:
         time.sleep(0.5)
 
 
+USAGE_AGO = dt.timedelta(minutes=20)
+
+
 def _crossing_month(tenants: list[str], now: dt.datetime) -> list[dict[str, Any]]:
+    """Seats, then usage over each tenant's threshold, all of it at `now - USAGE_AGO`: one
+    usage month whatever the day (a month can begin between two earlier moments)."""
     at = lambda minutes: (now - dt.timedelta(minutes=minutes)).isoformat()  # noqa: E731
+    used = USAGE_AGO.total_seconds() / 60
     events = []
     for n, tenant in enumerate(tenants):
         events += [
             cloudevent("licensing.licenses.changed", {"users": 40, "modules": []},
                        tenant=tenant, time=at(90), id=f"lic-{n}", source="licensing"),
-            cloudevent(MAILING, {"quantity": 9_000}, tenant=tenant, time=at(30), id=f"a{n}"),
-            cloudevent(MAILING, {"quantity": 90_000}, tenant=tenant, time=at(20), id=f"b{n}"),
+            cloudevent(MAILING, {"quantity": 9_000}, tenant=tenant, time=at(used), id=f"a{n}"),
+            cloudevent(MAILING, {"quantity": 90_000}, tenant=tenant, time=at(used), id=f"b{n}"),
         ]  # fmt: skip
     return events
 
@@ -262,8 +269,9 @@ def test_a_close_sends_each_tenant_its_invoice_once(stack: Stack, receiver: Rece
     now = dt.datetime.now(dt.UTC)
     tenants = [f"tenant-{n:02d}" for n in range(6)]
     stack.cli("send", str(stack.write("events.jsonl", _crossing_month(tenants, now))))
-    month = now.strftime("%Y-%m")
-    # The month is the current one: closed early, as `--force` allows.
+    month = month_of(now - USAGE_AGO, load_plan().zone)
+    # The usage month is the current one (or, just after a month began, the last): closed
+    # early if need be, as `--force` allows.
     stack.cli("close", month, "--force")
     invoice_month = next_month(month)  # a month's usage is billed on the next month's invoice
     lines = httpx.get(f"{api}/v1/invoices/{invoice_month}", timeout=60).json()["lines"]
