@@ -20,7 +20,9 @@ class QueryError(ValueError):
     pass
 
 
-MONEY = {"amount", "unit_price", "recomputed_amount", "streamed_amount"}
+MONEY = {
+    "amount", "unit_price", "recomputed_amount", "streamed_amount", "rerated_amount", "difference",
+}  # fmt: skip
 
 
 def decimal_text(name: str, value: Decimal) -> str:
@@ -45,7 +47,7 @@ def _rows(
     ]
 
 
-def _zone(cur: duckdb.DuckDBPyConnection) -> str:
+def plan_zone(cur: duckdb.DuckDBPyConnection) -> str:
     """The billing time zone of the loaded plan."""
     tz = cur.execute("SELECT billing_timezone FROM plan_versions LIMIT 1").fetchone()
     return str(tz[0]) if tz else "UTC"
@@ -53,7 +55,7 @@ def _zone(cur: duckdb.DuckDBPyConnection) -> str:
 
 def _recomputed(cur: duckdb.DuckDBPyConnection, upto: str, one_tenant: bool = False) -> str:
     """The monthly-usage SQL in the billing time zone of the loaded plan."""
-    return monthly_usage(upto, _zone(cur), one_tenant)
+    return monthly_usage(upto, plan_zone(cur), one_tenant)
 
 
 def invoice_lines(cur: duckdb.DuckDBPyConnection, month: str) -> list[dict[str, Any]]:
@@ -155,13 +157,10 @@ def system_events(
     )
 
 
-def audit(cur: duckdb.DuckDBPyConnection, month: str, usage_topic: str) -> list[dict[str, Any]]:
-    """Recompute `month` from the raw archive (events before the last close that took effect
-    in each partition) and diff it against the streamed invoice lines. Empty: no difference."""
-    closed = cur.execute("SELECT count(*) FROM month_closes WHERE month = ?", [month]).fetchone()
-    if not closed or closed[0] == 0:
-        raise QueryError(f"{month} has not been closed; nothing to audit")
-    upto = f"""
+def close_cutoff(usage_topic: str) -> str:
+    """`(partition, before)` for `usage_sql`: in each partition, the offset of the marker at
+    which the last close there took effect; what a closed month is recomputed from."""
+    return f"""
         SELECT "partition", max(took_effect) AS before FROM (
             -- a close takes effect at the marker of the last origin (input partition) to
             -- reach the partition: the greatest of each origin's first marker
@@ -179,7 +178,16 @@ def audit(cur: duckdb.DuckDBPyConnection, month: str, usage_topic: str) -> list[
             ) GROUP BY ALL
         ) GROUP BY "partition"
     """  # noqa: S608 - the topic name is validated by Settings
-    tz = _zone(cur)
+
+
+def audit(cur: duckdb.DuckDBPyConnection, month: str, usage_topic: str) -> list[dict[str, Any]]:
+    """Recompute `month` from the raw archive (events before the last close that took effect
+    in each partition) and diff it against the streamed invoice lines. Empty: no difference."""
+    closed = cur.execute("SELECT count(*) FROM month_closes WHERE month = ?", [month]).fetchone()
+    if not closed or closed[0] == 0:
+        raise QueryError(f"{month} has not been closed; nothing to audit")
+    upto = close_cutoff(usage_topic)
+    tz = plan_zone(cur)
     recomputed = monthly_usage(upto, tz, one_month=True)
     return _rows(
         cur,

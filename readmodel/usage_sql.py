@@ -53,9 +53,10 @@ def _month_ends(tz: str, month: str) -> str:
 def month_bounds(cur: duckdb.DuckDBPyConnection, tz: str, month: str) -> dict[str, Any]:
     """The parameters of `monthly_usage(one_month=True)`: the month and its first and last
     instant in `tz`, worked out by DuckDB as the views work out an event's month."""
-    starts, ends = cur.execute(
+    # fetchall: DuckDB 2.0 refuses other work on a connection with a half-fetched result.
+    (starts, ends), *_ = cur.execute(
         f"SELECT {_month_starts(tz, '$m')}, {_month_ends(tz, '$m')}", {"m": month}
-    ).fetchone() or (None, None)
+    ).fetchall()
     return {"month": month, "starts": starts, "ends": ends}
 
 
@@ -110,10 +111,54 @@ log AS NOT MATERIALIZED (
     SELECT "partition", "offset" FROM log WHERE hash(tenant, source, id) IN (SELECT h FROM repeated)
     QUALIFY row_number() OVER (PARTITION BY tenant, source, id ORDER BY "partition", "offset") > 1
 ), counted AS (
-    SELECT l.tenant, {month} AS month, l.service, l."offset", l.amount, l.peak FROM log l
+    SELECT l.tenant, {month} AS month, l.service, l."partition", l."offset", l.amount, l.peak
+    FROM log l
     WHERE {within} AND NOT EXISTS (SELECT 1 FROM later x WHERE x."partition" = l."partition"
                                    AND x."offset" = l."offset")
 )"""
+
+
+# A tenant-month-service's count from `counted`: a peak service's month is its highest value.
+_SUMS = """
+    SELECT tenant, month, service, min("partition") AS "partition", count(*) AS events,
+           min("offset") AS first_offset, max("offset") AS last_offset,
+           CASE WHEN bool_or(peak) THEN max(amount) ELSE sum(amount) END AS usage
+    FROM counted GROUP BY tenant, month, service"""
+
+
+def _scope(one_tenant: bool) -> tuple[str, str]:
+    """The macro argument and the filter that restrict a query to the tenant `$tenant`."""
+    return ("$tenant", "AND tenant = $tenant") if one_tenant else ("NULL", "")
+
+
+def _snaps(one_tenant: bool) -> str:
+    of, tenant = _scope(one_tenant)
+    return f"""
+    SELECT * FROM licence_snapshots_of({of}) s
+    WHERE s."offset" < COALESCE((SELECT x.before FROM upto x WHERE x."partition" = s."partition"),
+                                {_MAX}) {tenant}"""
+
+
+def monthly_counts(upto: str, tz: str, one_tenant: bool = False, one_month: bool = False) -> str:
+    """Usage in base units, events and offsets per tenant, month and service, from the events
+    that count (as `monthly_usage` counts them, before any rating); each row also names
+    the tenant's partition. What `readmodel.whatif` rebuilds a tenant's state from."""
+    of, tenant = _scope(one_tenant)
+    return f"WITH upto AS ({upto}), {_counted(of, tenant, tz, one_month)} {_SUMS}"
+
+
+def accepted_events(tz: str) -> str:
+    """The usage events of the month bound as `$month` (with `$starts`, `$ends`) that count,
+    each once: (tenant, month, service, partition, offset, amount)."""
+    return f"""WITH upto AS ({NO_CUTOFF}), {_counted("NULL", "", tz, True)}
+    SELECT tenant, month, service, "partition", "offset", amount FROM counted"""
+
+
+def licence_snapshots(upto: str, one_tenant: bool = False) -> str:
+    """The licence snapshots (tenant, time, users) below the cutoff `upto`, as
+    `monthly_usage` takes a month's users from them."""
+    return f"""WITH upto AS ({upto}), snaps AS ({_snaps(one_tenant)})
+    SELECT tenant, time, users FROM snaps WHERE users IS NOT NULL ORDER BY tenant, time, users"""
 
 
 def monthly_usage(upto: str, tz: str, one_tenant: bool = False, one_month: bool = False) -> str:
@@ -124,15 +169,10 @@ def monthly_usage(upto: str, tz: str, one_tenant: bool = False, one_month: bool 
     is safe (duplicates share their tenant) and spares scanning everybody else.
     `one_month` gives only the month bound as `$month` ("YYYY-MM"); duplicates are still
     looked for in every month."""
-    tenant = "AND tenant = $tenant" if one_tenant else ""
-    of = "$tenant" if one_tenant else "NULL"
+    of, tenant = _scope(one_tenant)
     # Only our own SQL and a validated time-zone name are interpolated, never user input.
     return f"""
-WITH upto AS ({upto}), {_counted(of, tenant, tz, one_month)}, sums AS (
-    SELECT tenant, month, service, count(*) AS events, min("offset") AS first_offset,
-           max("offset") AS last_offset,
-           CASE WHEN bool_or(peak) THEN max(amount) ELSE sum(amount) END AS usage
-    FROM counted GROUP BY tenant, month, service
+WITH upto AS ({upto}), {_counted(of, tenant, tz, one_month)}, sums AS ({_SUMS}
 ), grid AS (
     -- every service of every tenant-month with any usage, so a view row exists for each
     SELECT k.tenant, k.month, s.service, COALESCE(x.events, 0) AS events, x.first_offset,
@@ -143,10 +183,7 @@ WITH upto AS ({upto}), {_counted(of, tenant, tz, one_month)}, sums AS (
 ), bounds AS (
     SELECT *, {_month_starts(tz, "month")} AS starts, {_month_ends(tz, "month")} AS ends
     FROM grid
-), snaps AS (
-    SELECT * FROM licence_snapshots_of({of}) s
-    WHERE s."offset" < COALESCE((SELECT x.before FROM upto x WHERE x."partition" = s."partition"),
-                                {_MAX}) {tenant}
+), snaps AS ({_snaps(one_tenant)}
 ), with_users AS (
     SELECT b.*, greatest(
         COALESCE((SELECT s.users FROM snaps s WHERE s.tenant = b.tenant AND s.time <= b.starts
