@@ -14,20 +14,24 @@ from api.headers import install_security_headers
 from api.ingest import Ingestor
 from api.limits import install_body_limits
 from api.metrics import instrument
-from api.routes import finance, health, ingest, invoices, tenants, webhooks
+from api.routes import exports, finance, health, ingest, invoices, tenants, webhooks
 from api.service import ReadModelService
+from runtime.clock import Clock, system_clock
 
 
 def create_api(
-    service: ReadModelService, extra: Sequence[Callable[[FastAPI], None]] = ()
+    service: ReadModelService,
+    extra: Sequence[Callable[[FastAPI], None]] = (),
+    clock: Clock = system_clock,
 ) -> FastAPI:
     """The API's routers, then what `extra` mounts (the page: see server.app), then the layers
-    that wrap them all."""
+    that wrap them all. `clock` is what a route that defaults to "this month" asks."""
     app = FastAPI(title="metering read model", version="0.1.0")
     app.state.service = service
+    app.state.clock = clock
     app.state.ingestor = Ingestor(service.settings, service.plan)
     app.state.finance_sql = FinanceSql(service.settings)
-    for area in (health, ingest, invoices, tenants, finance, webhooks):
+    for area in (health, ingest, invoices, tenants, finance, exports, webhooks):
         app.include_router(area.router)
     for mount in extra:
         mount(app)

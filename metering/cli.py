@@ -304,10 +304,11 @@ def prometheus_config(interval: str, credentials_file: Path | None) -> None:
 
 
 def _register() -> None:
+    from metering.finance_commands import COMMANDS as FINANCE
     from metering.query_commands import COMMANDS
     from metering.replay import replay
 
-    for command in (*COMMANDS, replay):
+    for command in (*COMMANDS, *FINANCE, replay):
         main.add_command(command)
 
 

@@ -1,19 +1,23 @@
-"""Finance only: the audit of a month against the raw events, and read-only SQL."""
+"""Finance only: the audit of a month against the raw events, the re-rating of a closed month
+against another plan, and read-only SQL."""
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from api.auth import Principal, require
 from api.deps import Caller, Service, fresh
 from api.finance_sql import TIMED_OUT, Busy, FinanceSql, Stopped, Unavailable
 from api.finance_sql import runner as finance_runner
 from api.responses import json_response, month_param
-from readmodel import queries
+from billing.plan import PlanError, parse_plan
+from readmodel import queries, whatif
 
 
 def finance(principal: Caller) -> Principal:
@@ -28,6 +32,11 @@ class SqlRequest(BaseModel):
     sql: str
 
 
+class RerateRequest(BaseModel):
+    month: str
+    plan: str = Field(description="The plan file's text (TOML), validated like the live one.")
+
+
 @router.get("/v1/audit/{month}")
 async def audit(month: str, request: Request, service: Service) -> Response:
     month = month_param(month)
@@ -37,6 +46,30 @@ async def audit(month: str, request: Request, service: Service) -> Response:
     except queries.QueryError as exc:
         raise HTTPException(409, str(exc)) from None
     return json_response({"usage_month": month, "differences": diffs})
+
+
+@router.post("/v1/rerate")
+async def rerate(body: RerateRequest, request: Request, service: Service) -> Response:
+    """The closed month's usage rated with another plan beside its invoice lines, per tenant
+    and service, with totals. Writes nothing. 422 names every problem of the plan; 409 when
+    the month is not closed or the plan cannot rate it."""
+    month = month_param(body.month)
+    try:
+        data = tomllib.loads(body.plan)
+    except tomllib.TOMLDecodeError as exc:
+        raise HTTPException(422, [f"plan: not valid TOML: {exc}"]) from None
+    try:
+        plan = parse_plan(data, Path("plan"), service.plan.catalog)
+    except PlanError as exc:
+        raise HTTPException(422, exc.problems) from None
+    await fresh(request)
+    try:
+        answer = await service.read(
+            whatif.rerate, month, plan, service.plan, service.settings.topics.usage
+        )
+    except queries.QueryError as exc:
+        raise HTTPException(409, str(exc)) from None
+    return json_response(answer)
 
 
 @router.post("/v1/sql")

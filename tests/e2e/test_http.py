@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
+import pyarrow as pa
 import pytest
 
 from projections.months import month_of, next_month, previous_month
@@ -138,6 +140,7 @@ def test_ingest_and_read_over_http_with_keys(stack: Stack) -> None:
     assert api.post("/v1/sql", json={"sql": "SELECT 1"}, headers=keyed("acme")).status_code == 403
     assert api.get(f"/v1/audit/{MONTH}", headers=keyed("producer")).status_code == 403
     assert api.get(f"/v1/audit/{MONTH}", headers=keyed("finance")).json()["differences"] == []
+    finance_questions(api, invoice_month)
 
     # The Licences screen's data: registration, licence snapshot, system messages, history.
     def system(kind: str, n: int, **data: Any) -> dict[str, Any]:
@@ -204,3 +207,43 @@ def test_ingest_and_read_over_http_with_keys(stack: Stack) -> None:
         spec["paths"]
     )
     api.close()
+
+
+def finance_questions(api: httpx.Client, invoice_month: str) -> None:
+    """Preview, re-rating and exports: who may ask, and what a bad question is told."""
+    preview = api.get("/v1/invoices/preview", params={"month": MONTH}, headers=keyed("finance"))
+    assert (preview.json()["closed"], preview.json()["lines"]) == (True, [])
+    own = api.get("/v1/invoices/preview", params={"month": invoice_month}, headers=keyed("acme"))
+    assert own.status_code == 200 and {ln["tenant"] for ln in own.json()["lines"]} <= {"acme"}
+    other = api.get("/v1/invoices/preview", params={"tenant": "beta"}, headers=keyed("acme"))
+    assert other.status_code == 404
+    assert api.get("/v1/invoices/preview", headers=keyed("producer")).status_code == 403
+
+    plan = (Path(__file__).parents[2] / "billing" / "plan.toml").read_text()
+    rerate = {"month": MONTH, "plan": plan}
+    assert api.post("/v1/rerate", json=rerate, headers=keyed("acme")).status_code == 403
+    same = api.post("/v1/rerate", json=rerate, headers=keyed("finance")).json()
+    assert same["totals"] == {"amount": "129.60", "rerated_amount": "129.60", "difference": "0.00"}
+    floats = plan.replace('price = "32.40"', "price = 32.40", 1)
+    refused = api.post("/v1/rerate", json=rerate | {"plan": floats}, headers=keyed("finance"))
+    assert refused.status_code == 422
+    assert any("write prices as strings" in p for p in refused.json()["detail"])
+    not_toml = api.post("/v1/rerate", json=rerate | {"plan": "[["}, headers=keyed("finance"))
+    assert not_toml.status_code == 422
+    open_month = api.post("/v1/rerate", json=rerate | {"month": invoice_month},
+                          headers=keyed("finance"))  # fmt: skip
+    assert (open_month.status_code, open_month.json()["detail"]) == (
+        409, f"{invoice_month} has not been closed; nothing to re-rate"
+    )  # fmt: skip
+    huge = api.post("/v1/rerate", json=rerate | {"plan": "#" * 20_000}, headers=keyed("finance"))
+    assert huge.status_code == 413
+
+    path = f"/v1/exports/{MONTH}/invoice_lines"
+    assert api.get(path, headers=keyed("acme")).status_code == 403
+    assert api.get(f"/v1/exports/{MONTH}/secrets", headers=keyed("finance")).status_code == 404
+    exported = api.get(path, headers=keyed("finance"))
+    assert exported.headers["content-type"] == "application/vnd.apache.arrow.stream"
+    rows = pa.ipc.open_stream(exported.content).read_all().to_pylist()
+    assert sorted((r["tenant"], str(r["amount"])) for r in rows) == [
+        ("acme", "64.80"), ("beta", "64.80")
+    ]  # fmt: skip
