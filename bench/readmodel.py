@@ -31,7 +31,7 @@ from bench.report import report
 from billing.plan import load_plan
 from metering.broker import start_broker
 from metering.generate import generate_month
-from projections.months import month_of, months_until, previous_month
+from projections.months import month_of, months_until, next_month, previous_month
 from readmodel import queries
 from runtime.settings import Settings
 from streams.kafka import (
@@ -103,10 +103,12 @@ def read_latencies(
     drawn = cur.execute(f"SELECT DISTINCT subject FROM (FROM raw_events {sample})").fetchall()  # noqa: S608  # nosec B608
     names = [row[0] for row in drawn] * 2
     first = months_until(month, 12)[0]
+    # The page as seen on the 2nd of the month after: its next invoice previews `month`.
+    plan, now = load_plan(), dt.datetime.fromisoformat(f"{next_month(month)}-02T00:00:00+00:00")
     reads: dict[str, Any] = {
         "usage": lambda t: queries.usage(cur, t, month),
         "history": lambda t: queries.usage_history(cur, t, first, month),
-        "licences_page": lambda t: page_data(cur, t, first, month),
+        "licences_page": lambda t: page_data(cur, t, first, month, plan, now),
         "baseline_tenant_scan": lambda t: cur.execute(
             "SELECT count(*) FROM raw_events WHERE subject = ?", [t]
         ).fetchall(),

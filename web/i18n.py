@@ -65,6 +65,15 @@ LABELS: Final[dict[str, dict[Language, str]]] = {
         "The more users, the higher the threshold.",
     },
     "this_month": {"nl": "Deze maand", "en": "This month"},
+    "next_invoice": {"nl": "Volgende factuur", "en": "Next invoice"},
+    "invoice_so_far": {"nl": "Tot nu toe", "en": "So far"},
+    "pending_adjustments": {"nl": "Openstaande correcties", "en": "Pending adjustments"},
+    "next_invoice_intro": {
+        "nl": "Wat de volgende maandafsluiting nu zou factureren, inclusief correcties voor "
+        "verbruik dat na een afsluiting binnenkwam.",
+        "en": "What the next month close would bill now, including adjustments for usage "
+        "that arrived after a month was closed.",
+    },
     "of_included": {"nl": "van inbegrepen", "en": "of included"},
     "amount_so_far": {"nl": "Bedrag tot nu toe", "en": "Amount so far"},
     "month": {"nl": "Maand", "en": "Month"},

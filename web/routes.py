@@ -9,6 +9,7 @@ stored in the browser, nor written to a log. Every form that posts carries a CSR
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -23,13 +24,14 @@ from fastapi.staticfiles import StaticFiles
 
 from api.auth import OPEN, Principal, authenticate, presented_key, require, require_tenant
 from api.service import ReadModelService
+from billing.plan import Plan
 from observability.access import matching_key
 from projections.months import month_of, months_until, parse_month
-from readmodel import queries
+from readmodel import queries, whatif
 from runtime.clock import Clock, system_clock
 from web.i18n import LABELS, Language, choose, label
 from web.session import Session, Sessions, new_nonce
-from web.view import Formats, messages, metered_services
+from web.view import Formats, messages, metered_services, next_invoice
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "metering_session"
@@ -47,12 +49,17 @@ NO_TENANT: dict[str, Any] = {
 router = APIRouter(include_in_schema=False)
 
 
-def page_data(cur: duckdb.DuckDBPyConnection, tenant: str, first: str, last: str) -> dict[str, Any]:
-    """Everything one page shows, read through one cursor."""
+def page_data(
+    cur: duckdb.DuckDBPyConnection, tenant: str, first: str, last: str, plan: Plan,
+    now: dt.datetime,
+) -> dict[str, Any]:  # fmt: skip
+    """Everything one page shows, read through one cursor: with the next invoice as it
+    stands `now` (`readmodel.whatif.preview`)."""
     return {
         "licences": queries.licences(cur, tenant),
         "history": queries.usage_history(cur, tenant, first, last),
         "events": queries.system_events(cur, tenant),
+        "preview": whatif.preview(cur, plan, now, None, tenant),
     }
 
 
@@ -237,7 +244,9 @@ async def logout(request: Request, web: Ui) -> Response:
 
 async def _tenant_data(web: Web, tenant: str, months: list[str]) -> dict[str, Any]:
     await web.fresh()
-    data: dict[str, Any] = await web.service.read(page_data, tenant, months[0], months[-1])
+    data: dict[str, Any] = await web.service.read(
+        page_data, tenant, months[0], months[-1], web.service.plan, web.clock()
+    )
     if data["licences"] is None and not data["history"] and not data["events"]:
         raise HTTPException(404, f"no tenant {tenant!r}")
     # A tenant seen only through usage has no registration yet: show its usage anyway.
@@ -290,6 +299,7 @@ async def tenant_page(
         licences=licences,
         selected_module=next((m for m in licences["modules"] if m.get("name") == module), None),
         services=metered_services(months, data["history"], web.service.plan, fmt),
+        invoice=next_invoice(data.get("preview"), web.service.plan),
         messages=listed,
         selected_event=next((m for m in listed if m.ident == event), None),
         who="finance" if who.role in {"finance", OPEN} else f"{who.tenant}",

@@ -331,3 +331,30 @@ def messages(rows: list[dict[str, Any]], fmt: Formats) -> list[Message]:
             )
         )
     return found
+
+
+@dataclass(frozen=True)
+class NextInvoice:
+    """The next invoice as it stands: what the next close would bill the tenant now."""
+
+    invoice_month: str
+    usage_month: str
+    total: Decimal
+    pending: Decimal  # adjustments late events have caused for months already billed
+    currency: str
+    lines: int
+
+
+def next_invoice(preview: dict[str, Any] | None, plan: Plan) -> NextInvoice | None:
+    """The page's summary of `readmodel.whatif.preview` (None: nothing to show)."""
+    if preview is None:
+        return None
+    version = plan.version_for(preview["usage_month"]) or plan.versions[-1]
+    return NextInvoice(
+        invoice_month=preview["invoice_month"],
+        usage_month=preview["usage_month"],
+        total=Decimal(preview["total"]),
+        pending=Decimal(preview["pending_total"]),
+        currency=version.currency,
+        lines=len(preview["lines"]),
+    )

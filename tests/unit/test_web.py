@@ -179,6 +179,10 @@ LICENCES = {
     "users": 40, "expires_on": "2027-06-30", "grace_to": None, "snapshot_time": None,
     "modules": [{"name": "CRM", "kind": "user", "total": 40, "in_use": 38, "available": 2}],
 }  # fmt: skip
+PREVIEW = {
+    "usage_month": "2026-10", "invoice_month": "2026-11", "closed": False, "lines": [{}, {}],
+    "total": "97.20", "pending_total": "32.40",
+}  # fmt: skip
 TENANTS = [{"tenant": "acme", "company": HOSTILE}, {"tenant": "beta", "company": None}]
 HEADERS = {
     "x-frame-options": "DENY",
@@ -195,7 +199,7 @@ async def fake_read(query: Callable[..., Any], *args: Any) -> Any:
     if query.__name__ == "page_data":
         tenant = args[0]
         if tenant == "acme":
-            return {"licences": dict(LICENCES), "history": [], "events": []}
+            return {"licences": dict(LICENCES), "history": [], "events": [], "preview": PREVIEW}
         if tenant == "beta":
             return {"licences": None, "history": [], "events": [
                 {"event": "Import", "status": "running", "message": "m", "activated": None,
@@ -391,6 +395,11 @@ async def test_the_keyless_local_stack_needs_no_sign_in() -> None:
         assert 'action="/ui/logout"' not in listed.text
         page = await client.get("/ui/tenants/acme")
         assert page.status_code == 200 and "metering_session" not in str(client.cookies)
+        # The next invoice as it stands, with the adjustments still to be billed.
+        assert re.search(r'id="invoice-total">€\s?97\.20<', page.text), page.text
+        assert re.search(r'id="pending-total">€\s?32\.40<', page.text)
+        assert "November 2026" in page.text
+        assert 'id="next-invoice"' not in (await client.get("/ui/tenants/beta")).text
 
 
 def assert_security_headers(answer: httpx.Response, cached: bool = False) -> None:
