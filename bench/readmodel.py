@@ -93,7 +93,7 @@ def timed(fn: Any) -> tuple[Any, float]:
 
 
 def read_latencies(
-    cur: duckdb.DuckDBPyConnection, month: str, tenants: int = 40
+    cur: duckdb.DuckDBPyConnection, month: str, usage_topic: str, tenants: int = 40
 ) -> dict[str, float]:
     """p50 and p99 in ms of what a tenant's reads cost the read model, each over `tenants`
     tenants drawn at random, twice: the usage endpoint (one month), the 12-month history,
@@ -108,7 +108,7 @@ def read_latencies(
     reads: dict[str, Any] = {
         "usage": lambda t: queries.usage(cur, t, month),
         "history": lambda t: queries.usage_history(cur, t, first, month),
-        "licences_page": lambda t: page_data(cur, t, first, month, plan, now),
+        "licences_page": lambda t: page_data(cur, t, first, month, plan, now, usage_topic),
         "baseline_tenant_scan": lambda t: cur.execute(
             "SELECT count(*) FROM raw_events WHERE subject = ?", [t]
         ).fetchall(),
@@ -171,7 +171,7 @@ def run(events: int, bootstrap: str | None, workdir: Path) -> dict[str, Any]:
                 ).fetchall()
             )
             diffs, audit_s = timed(lambda: queries.audit(cur, month, settings.topics.usage))
-            reads = read_latencies(cur, month)
+            reads = read_latencies(cur, month, settings.topics.usage)
         projector.close()
         return {
             "events": sent,

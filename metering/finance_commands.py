@@ -4,8 +4,10 @@ Parquet or CSV files. None of them writes an invoice line or a topic record."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
+import tempfile
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -117,6 +119,8 @@ def export(month: str, fmt: str, output: Path) -> None:
     Files are written by DuckDB, one per table, in a fixed row order: exporting a closed month
     again gives the same files. A month exported before is replaced; other months stay.
     """
+    import duckdb
+    import pyarrow as pa
     from rich.progress import Progress
 
     from metering.client import ApiError, stream
@@ -135,14 +139,19 @@ def export(month: str, fmt: str, output: Path) -> None:
                     )
             except ApiError as exc:
                 raise click.ClickException(str(exc)) from None
-    (output / "README.md").write_text(readme(TABLES, fmt))
+            except (duckdb.Error, pa.ArrowException, OSError) as exc:
+                # A stream cut off (the read model restarting, the network) or a full disk:
+                # this table's earlier export, if any, is still in place.
+                raise click.ClickException(f"exporting {table} failed: {exc}") from None
+    (output / "README.md").write_text(readme(TABLES))
     for table, rows in counts.items():
         click.echo(f"{table}: {rows} rows -> {output / table / f'month={month}'}")
 
 
 def write_table(body: Any, directory: Path, month: str, fmt: str, advance: Any = None) -> int:
     """Read an Arrow IPC stream from `body` and have DuckDB write it to
-    `directory/month=MONTH/` (replaced whole); the number of rows."""
+    `directory/month=MONTH/`, replaced only once the whole stream is written; the number of
+    rows."""
     import duckdb
     import pyarrow as pa
 
@@ -158,9 +167,7 @@ def write_table(body: Any, directory: Path, month: str, fmt: str, advance: Any =
             yield batch
 
     directory.mkdir(parents=True, exist_ok=True)
-    partition = directory / f"month={month}"
-    if partition.exists():
-        shutil.rmtree(partition)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=directory))
     con = duckdb.connect()
     try:
         # One thread and UTC: the same rows give the same bytes on every export.
@@ -168,22 +175,30 @@ def write_table(body: Any, directory: Path, month: str, fmt: str, advance: Any =
         con.execute("SET TimeZone = 'UTC'")
         con.register("rows", pa.RecordBatchReader.from_batches(source.schema, counted()))
         options = "FORMAT parquet" if fmt == "parquet" else "FORMAT csv, HEADER true"
-        target = str(directory).replace("'", "''")
+        target = str(staging).replace("'", "''")
         # A path cannot be a bound parameter of COPY; it is quoted, and it is the caller's own.
         con.execute(
             f"COPY (SELECT * FROM rows) TO '{target}' "  # noqa: S608
             f"({options}, PARTITION_BY (month), OVERWRITE_OR_IGNORE true)"
         )
+        partition = directory / f"month={month}"
+        written_to = staging / f"month={month}"
+        if partition.exists():
+            shutil.rmtree(partition)
+        if written_to.exists():  # no file at all for a month without rows
+            os.replace(written_to, partition)
     finally:
         con.close()
+        shutil.rmtree(staging, ignore_errors=True)
     return written
 
 
-def readme(tables: dict[str, tuple[str, dict[str, str]]], fmt: str) -> str:
+def readme(tables: dict[str, tuple[str, dict[str, str]]]) -> str:
     out = [
         "# Metering export",
         "",
-        f"Written by `metering export` as {fmt.upper()}, one directory per table, one "
+        "Written by `metering export` as Parquet or CSV (the extension says which), one "
+        "directory per table, one "
         "`month=YYYY-MM` directory per usage month (Hive partitioning: the partition is the "
         "`month` column). Money is an exact decimal; every table names the plan version "
         "that rated it.",

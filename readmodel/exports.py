@@ -62,7 +62,7 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
             "users": "Users then.",
             "crossed_by": "The event (source/id) or licence record that crossed it.",
             "crossed_at": "When (the event's time).",
-            "plan_version": "The plan version in force for the month.",
+            "plan_version": "The plan version in force for the month (the live plan's).",
         },
     ),
     "monthly_usage": (
@@ -78,7 +78,8 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
             "percent": "usage / included, in %, to one decimal.",
             "packages": "Packages above the included amount.",
             "unit_price": "Price of one package.",
-            "amount": "packages x unit_price (what the close bills, or billed).",
+            "amount": "packages x unit_price, for every event counted so far (late ones "
+            "too: the invoice lines hold what was billed).",
             "currency": "ISO 4217 currency.",
             "plan_version": "The plan version that rated it.",
             "events": "Usage events counted.",
@@ -99,27 +100,35 @@ TABLES: dict[str, tuple[str, dict[str, str]]] = {
             "service": "The service it meters.",
             "amount": "What it adds (a peak service: the value measured), in base units.",
             "data": "The CloudEvent data, as JSON text.",
-            "plan_version": "The plan version in force for the month.",
+            "plan_version": "The plan version in force for the month (the live plan's).",
         },
     ),
+}
+
+
+# Each table's row order: a key, so that the same rows are always written the same way.
+ORDER = {
+    "invoice_lines": "id",
+    "threshold_crossings": "id",
+    "monthly_usage": "tenant, service",
+    "usage_events": '"partition", "offset"',
 }
 
 
 def _sql(table: str, tz: str, usage_topic: str) -> str:
     """The table's rows of the month bound as `$month` (with `$starts` and `$ends`)."""
     if table == "invoice_lines":
-        return "SELECT * FROM invoice_lines WHERE usage_month = $month ORDER BY id"
+        return "SELECT * FROM invoice_lines WHERE usage_month = $month"
     if table == "threshold_crossings":
         return (
             f"SELECT *, {_VERSION} AS plan_version FROM threshold_crossings "  # noqa: S608
-            "WHERE usage_month = $month ORDER BY id"
+            "WHERE usage_month = $month"
         )
     if table == "monthly_usage":
         usage = monthly_usage(NO_CUTOFF, tz, one_month=True)
         return (
             "SELECT tenant, service, usage, unit, users, band, included, percent, packages, "  # noqa: S608
-            f"unit_price, amount, currency, plan_version, events FROM ({usage}) "
-            "ORDER BY tenant, service"
+            f"unit_price, amount, currency, plan_version, events FROM ({usage})"
         )
     if table == "usage_events":
         return f"""
@@ -129,7 +138,6 @@ def _sql(table: str, tz: str, usage_topic: str) -> str:
             FROM ({accepted_events(tz)}) e
             JOIN raw_events r ON r.topic = '{usage_topic}' AND r."partition" = e."partition"
              AND r."offset" = e."offset"
-            ORDER BY e."partition", e."offset"
         """  # noqa: S608 - our own SQL; the topic name is validated by Settings
     raise KeyError(table)
 
@@ -139,7 +147,9 @@ def reader(
 ) -> pa.RecordBatchReader:
     """The table's rows of `month` as Arrow record batches, with `month` as the last column."""
     tz = plan_zone(cur)
-    sql = f"SELECT *, $month AS month FROM ({_sql(table, tz, usage_topic)})"  # noqa: S608
+    # The order on the outermost query: one inside a subquery need not survive.
+    order = ORDER[table]
+    sql = f"SELECT *, $month AS month FROM ({_sql(table, tz, usage_topic)}) ORDER BY {order}"  # noqa: S608
     # A relation (not a result set, which Arrow would copy whole) takes only the parameters
     # its SQL names.
     params = {k: v for k, v in month_bounds(cur, tz, month).items() if f"${k}" in sql}

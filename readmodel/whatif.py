@@ -10,7 +10,7 @@ tenant's partition and what the invoice lines billed per usage month and service
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
+from collections import Counter, defaultdict
 from decimal import Decimal
 from typing import Any
 
@@ -24,7 +24,8 @@ from readmodel.queries import QueryError, close_cutoff, decimal_text
 from readmodel.usage_sql import NO_CUTOFF, licence_snapshots, month_bounds, monthly_counts
 from schemas.services import Service
 
-Billed = dict[str, dict[tuple[str, Service], whatif.Billed]]  # tenant -> (month, service) ->
+# tenant -> (usage month, service) -> what its lines billed
+Billed = dict[str, dict[tuple[str, Service], whatif.Billed]]
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
@@ -45,7 +46,9 @@ def tenant_states(
     if tenant is not None:
         params["tenant"] = tenant
     usage: dict[str, dict[str, dict[Service, ServiceMonth]]] = defaultdict(dict)
-    partition: dict[str, int] = {}
+    # A tenant's events are in its own partition once moved there; until an original is
+    # copied it counts where it landed, so the partition holding most of them is the tenant's.
+    held: dict[str, Counter[int]] = defaultdict(Counter)
     counts = monthly_counts(upto, tz, one_tenant=tenant is not None, one_month=month is not None)
     for name, mon, service, part, events, first, last, value in cur.execute(
         f'SELECT tenant, month, service, "partition", events, first_offset, last_offset, usage '  # noqa: S608
@@ -55,7 +58,7 @@ def tenant_states(
         usage[name].setdefault(mon, {})[service] = ServiceMonth(
             value=int(value), events=events, first_offset=first, last_offset=last
         )
-        partition[name] = min(part, partition.get(name, part))
+        held[name][part] += events
     snapshots: dict[str, list[Snapshot]] = defaultdict(list)
     snaps_params = {"tenant": tenant} if tenant is not None else {}
     for name, time, users in cur.execute(
@@ -68,6 +71,7 @@ def tenant_states(
     ).fetchall():
         closed[part].append(mon)
     billed = billed_lines(cur, tenant)
+    partition = {name: parts.most_common(1)[0][0] for name, parts in held.items()}
     return {
         name: TenantState(
             tenant=name,
@@ -82,13 +86,17 @@ def tenant_states(
     }
 
 
-def billed_lines(cur: duckdb.DuckDBPyConnection, tenant: str | None = None) -> Billed:
-    """The invoice lines summed per tenant, usage month and service (every close's)."""
+def billed_lines(
+    cur: duckdb.DuckDBPyConnection, tenant: str | None = None, month: str | None = None
+) -> Billed:
+    """The invoice lines summed per tenant, usage month and service (every close's; an
+    adjustment line holds the change, so the sum is what is billed now)."""
     billed: Billed = defaultdict(dict)
     for name, mon, service, packages, amount, version, lines in cur.execute(
         "SELECT tenant, usage_month, service, sum(packages), sum(amount), max(plan_version), "
-        "count(*) FROM invoice_lines WHERE $tenant IS NULL OR tenant = $tenant GROUP BY ALL",
-        {"tenant": tenant},
+        "count(*) FROM invoice_lines WHERE ($tenant IS NULL OR tenant = $tenant) "
+        "AND ($month IS NULL OR usage_month = $month) GROUP BY ALL",
+        {"tenant": tenant, "month": month},
     ).fetchall():
         billed[name][(mon, service)] = whatif.Billed(
             packages=int(packages), amount=amount, plan_version=version, lines=lines
@@ -102,17 +110,19 @@ def rerate(
     """The closed `month` re-rated with `plan` beside its invoice lines, per tenant and
     service, with totals. Counted as `audit` counts it: the events before the close took
     effect in each partition (late events that a later close adjusted included)."""
-    closed = cur.execute("SELECT count(*) FROM month_closes WHERE month = ?", [month]).fetchone()
-    if not closed or closed[0] == 0:
-        raise QueryError(f"{month} has not been closed; nothing to re-rate")
+    if month not in _closed_months(cur, usage_topic):
+        raise QueryError(
+            f"{month} has not been closed (or its close has not taken effect in every "
+            "partition yet); nothing to re-rate"
+        )
     if problems := whatif.plan_problems(live, plan, month):
         raise QueryError("the plan cannot re-rate this month: " + "; ".join(problems))
     states = tenant_states(cur, live, close_cutoff(usage_topic), month=month)
-    billed = billed_lines(cur)
+    billed = billed_lines(cur, month=month)
     rows: list[whatif.Rerated] = []
     for name in sorted(set(states) | set(billed)):
         state = states.get(name) or TenantState(tenant=name, partition=0)
-        of_month = {s: b for (m, s), b in billed.get(name, {}).items() if m == month}
+        of_month = {s: b for (_, s), b in billed.get(name, {}).items()}
         rows.extend(whatif.rerate(state, month, of_month, plan, live))
     version = plan.version_for(month)
     current = sum((r.amount for r in rows), whatif.ZERO)
@@ -129,13 +139,13 @@ def rerate(
 
 def preview(
     cur: duckdb.DuckDBPyConnection, plan: Plan, now: dt.datetime, month: str | None,
-    tenant: str | None = None,
+    usage_topic: str, tenant: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """The lines closing `month` (None: the next close, `whatif.preview_month`) would emit
     now, for every tenant or `tenant` alone; adjustments are marked pending."""
+    closed = _closed_months(cur, usage_topic)
     if month is None:
-        closes = cur.execute("SELECT DISTINCT month FROM month_closes").fetchall()
-        month = whatif.preview_month(now, plan, [m for (m,) in closes])
+        month = whatif.preview_month(now, plan, sorted(closed))
     lines = []
     for _, state in sorted(tenant_states(cur, plan, tenant=tenant).items()):
         for line in whatif.preview(state, month, plan):
@@ -149,15 +159,22 @@ def preview(
     return {
         "usage_month": month,
         "invoice_month": next_month(month),
-        "closed": month in _closed_months(cur),
+        "closed": month in closed,
         "lines": lines,
         "total": decimal_text("amount", total),
         "pending_total": decimal_text("amount", pending),
     }
 
 
-def _closed_months(cur: duckdb.DuckDBPyConnection) -> set[str]:
-    return {m for (m,) in cur.execute("SELECT DISTINCT month FROM month_closes").fetchall()}
+def _closed_months(cur: duckdb.DuckDBPyConnection, usage_topic: str) -> set[str]:
+    """Months whose close has taken effect in every partition of the usage log that holds
+    anything (a close reaches each; until then, part of the month is still open)."""
+    rows = cur.execute(
+        'SELECT month FROM month_closes GROUP BY month HAVING count(DISTINCT "partition") >= '
+        '(SELECT count(DISTINCT "partition") FROM raw_events WHERE topic = $topic)',
+        {"topic": usage_topic},
+    ).fetchall()
+    return {month for (month,) in rows}
 
 
 def _texts(row: dict[str, Any]) -> dict[str, Any]:

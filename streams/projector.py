@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,7 @@ class Projector:
         self.on_set_aside: Callable[[str, str], None] | None = None
         self._lock = threading.Lock()  # one writer transaction at a time
         self._readers: set[duckdb.DuckDBPyConnection] = set()  # cursors of running reads
+        self._streams: set[Stream] = set()  # Arrow readers of answers still being sent
         self._readers_lock = threading.Lock()
         self._closing = False
         self.con = self._open()
@@ -104,6 +105,23 @@ class Projector:
             with self._readers_lock:
                 self._readers.discard(cur)
             cur.close()
+
+    @contextlib.contextmanager
+    def stream(self, batches: pa.RecordBatchReader) -> Iterator[Stream]:
+        """`batches` read one at a time while an answer is sent, closed by `close` too: a live
+        Arrow reader keeps the file open (a replace could not reopen it) however long the
+        client takes."""
+        stream = Stream(batches)
+        with self._readers_lock:
+            if self._closing:
+                raise Closing("the read model is being closed (replaced or stopping)")
+            self._streams.add(stream)
+        try:
+            yield stream
+        finally:
+            with self._readers_lock:
+                self._streams.discard(stream)
+            stream.close()
 
     def write(self, records: list[Record]) -> int:
         """Write a batch: its rows and the offsets it reached, in one transaction.
@@ -247,6 +265,9 @@ class Projector:
                 with self._readers_lock:
                     for cur in self._readers:
                         cur.interrupt()
+                    streams = list(self._streams)
+                for stream in streams:
+                    stream.close()
                 try:
                     self.con.close()
                     return
@@ -254,6 +275,33 @@ class Projector:
                     if time.monotonic() > deadline:
                         raise
                 time.sleep(0.05)
+
+
+class Stream:
+    """An Arrow reader that one thread reads and another may close (the projector closing)."""
+
+    def __init__(self, batches: pa.RecordBatchReader) -> None:
+        self.batches = batches
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def next(self) -> pa.RecordBatch | None:
+        """The next batch; None at the end. Closed before its end, it raises Closing: the
+        answer must break off, not look complete."""
+        with self._lock:
+            if self.closed:
+                raise Closing("the read model was closed while this answer was being sent")
+            try:
+                return self.batches.read_next_batch()
+            except StopIteration:
+                return None
+
+    def close(self) -> None:
+        # The reader's cursor was interrupted first, so a read holding the lock ends soon.
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                self.batches.close()
 
 
 @dataclass

@@ -10,6 +10,7 @@ stored in the browser, nor written to a log. Every form that posts carries a CSR
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ from web.session import Session, Sessions, new_nonce
 from web.view import Formats, messages, metered_services, next_invoice
 
 HERE = Path(__file__).parent
+log = logging.getLogger("metering.web")
 SESSION_COOKIE = "metering_session"
 CSRF_COOKIE = "metering_csrf"  # the sign-in form's tokens are bound to it (no session yet)
 LEGACY_KEY_COOKIE = "metering_key"  # held the raw key before sessions: cleared on sign-in/out
@@ -51,15 +53,21 @@ router = APIRouter(include_in_schema=False)
 
 def page_data(
     cur: duckdb.DuckDBPyConnection, tenant: str, first: str, last: str, plan: Plan,
-    now: dt.datetime,
+    now: dt.datetime, usage_topic: str,
 ) -> dict[str, Any]:  # fmt: skip
     """Everything one page shows, read through one cursor: with the next invoice as it
-    stands `now` (`readmodel.whatif.preview`)."""
+    stands `now` (`readmodel.whatif.preview`; left out if the plan cannot rate that month,
+    rather than failing the whole page)."""
+    try:
+        preview = whatif.preview(cur, plan, now, None, usage_topic, tenant)
+    except ValueError as exc:
+        log.warning("no next invoice on the page of %r: %s", tenant, exc)
+        preview = None
     return {
         "licences": queries.licences(cur, tenant),
         "history": queries.usage_history(cur, tenant, first, last),
         "events": queries.system_events(cur, tenant),
-        "preview": whatif.preview(cur, plan, now, None, tenant),
+        "preview": preview,
     }
 
 
@@ -245,8 +253,9 @@ async def logout(request: Request, web: Ui) -> Response:
 async def _tenant_data(web: Web, tenant: str, months: list[str]) -> dict[str, Any]:
     await web.fresh()
     data: dict[str, Any] = await web.service.read(
-        page_data, tenant, months[0], months[-1], web.service.plan, web.clock()
-    )
+        page_data, tenant, months[0], months[-1], web.service.plan, web.clock(),
+        web.service.settings.topics.usage,
+    )  # fmt: skip
     if data["licences"] is None and not data["history"] and not data["events"]:
         raise HTTPException(404, f"no tenant {tenant!r}")
     # A tenant seen only through usage has no registration yet: show its usage anyway.

@@ -346,8 +346,9 @@ class NextInvoice:
 
 
 def next_invoice(preview: dict[str, Any] | None, plan: Plan) -> NextInvoice | None:
-    """The page's summary of `readmodel.whatif.preview` (None: nothing to show)."""
-    if preview is None:
+    """The page's summary of `readmodel.whatif.preview` (None: nothing to bill, or no
+    preview)."""
+    if preview is None or not preview["lines"]:
         return None
     version = plan.version_for(preview["usage_month"]) or plan.versions[-1]
     return NextInvoice(

@@ -3,9 +3,12 @@ Parquet or CSV (the read model's connection may not write files itself)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 from collections.abc import Iterator
 
+import duckdb
 import pyarrow as pa
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
@@ -13,7 +16,10 @@ from fastapi.responses import Response, StreamingResponse
 from api.deps import Service, fresh
 from api.responses import month_param
 from api.routes.finance import finance
+from api.service import ReadModelService
 from readmodel import exports
+from readmodel.store import Closing
+from streams.projector import Stream
 
 router = APIRouter(dependencies=[Depends(finance)])
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
@@ -37,6 +43,24 @@ class _Chunks(io.RawIOBase):
         return out
 
 
+def _open(service: ReadModelService, table: str, month: str) -> tuple[contextlib.ExitStack, Stream]:
+    """The cursor and the stream of the answer, opened before any of it is sent, so that a
+    read model being replaced or a failing query is a status, not a cut stream. The
+    projector closes the stream itself if it closes first (a replace)."""
+    held = contextlib.ExitStack()
+    try:
+        cur = held.enter_context(service.cursor())
+        batches = exports.reader(cur, table, month, service.settings.topics.usage)
+        projector = service.projector
+        if projector is None:
+            raise Closing("the read model is being replaced")
+        stream = held.enter_context(projector.stream(batches))
+    except BaseException:
+        held.close()
+        raise
+    return held, stream
+
+
 @router.get("/v1/exports/{month}/{table}")
 async def export(month: str, table: str, request: Request, service: Service) -> Response:
     """The rows of `table` (see `readmodel.exports.TABLES`) for `month`, as an Arrow IPC
@@ -45,18 +69,21 @@ async def export(month: str, table: str, request: Request, service: Service) -> 
     if table not in exports.TABLES:
         raise HTTPException(404, f"no export table {table!r}; one of {', '.join(exports.TABLES)}")
     await fresh(request)
-    usage_topic = service.settings.topics.usage
+    try:
+        held, stream = await asyncio.to_thread(_open, service, table, month)
+    except (Closing, RuntimeError) as exc:
+        raise HTTPException(503, f"the read model is not available: {exc}") from None
+    except duckdb.Error as exc:
+        raise HTTPException(500, f"the export query failed: {exc}") from None
 
-    def stream() -> Iterator[bytes]:
-        # Starlette runs this in a worker thread, one batch at a time; the cursor lives as
-        # long as the answer is being sent.
-        with service.cursor() as cur:
-            batches = exports.reader(cur, table, month, usage_topic)
+    def body() -> Iterator[bytes]:
+        # Starlette runs this in worker threads, one batch at a time.
+        with held:
             sink = _Chunks()
-            with pa.ipc.new_stream(sink, batches.schema) as writer:
-                for batch in batches:
+            with pa.ipc.new_stream(sink, stream.batches.schema) as writer:
+                while (batch := stream.next()) is not None:
                     writer.write_batch(batch)
                     yield sink.take()
             yield sink.take()
 
-    return StreamingResponse(stream(), media_type=ARROW_STREAM)
+    return StreamingResponse(body(), media_type=ARROW_STREAM)

@@ -40,7 +40,9 @@ async def preview(
     chosen = month_param(month) if month is not None else None
     await fresh(request)
     clock: Clock = request.app.state.clock
-    body = await service.read(whatif.preview, service.plan, clock(), chosen, tenant)
+    body = await service.read(
+        whatif.preview, service.plan, clock(), chosen, service.settings.topics.usage, tenant
+    )
     if "text/csv" in request.headers.get("accept", ""):
         return csv_response(body["lines"])
     return json_response(body)

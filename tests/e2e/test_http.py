@@ -232,9 +232,8 @@ def finance_questions(api: httpx.Client, invoice_month: str) -> None:
     assert not_toml.status_code == 422
     open_month = api.post("/v1/rerate", json=rerate | {"month": invoice_month},
                           headers=keyed("finance"))  # fmt: skip
-    assert (open_month.status_code, open_month.json()["detail"]) == (
-        409, f"{invoice_month} has not been closed; nothing to re-rate"
-    )  # fmt: skip
+    assert open_month.status_code == 409
+    assert open_month.json()["detail"].startswith(f"{invoice_month} has not been closed")
     huge = api.post("/v1/rerate", json=rerate | {"plan": "#" * 20_000}, headers=keyed("finance"))
     assert huge.status_code == 413
 

@@ -94,6 +94,17 @@ def test_an_export_is_the_read_models_rows_and_the_same_bytes_again(
             for r in by_arrow
         ) == lines  # fmt: skip
         assert pa.types.is_decimal(table.schema.field("amount").type)  # money stays exact
+    usage = read_model_rows(
+        projector,
+        "SELECT tenant, service, packages::HUGEINT, amount, plan_version FROM usage_monthly "
+        "WHERE month = $month",
+    )
+    pattern = str(first / "monthly_usage" / "*" / f"*.{fmt}")
+    exported = duckdb.sql(
+        f"SELECT tenant, service, packages::HUGEINT, amount::DECIMAL(38, 2), plan_version "
+        f"FROM {read}('{pattern}', hive_partitioning = true)"
+    ).fetchall()
+    assert sorted(exported) == usage and len(usage) == 30  # 6 tenants x 5 services
     # Accepted: each event once, as the month's usage counts them (the log holds repeats).
     events = read_model_rows(
         projector, "SELECT sum(events)::BIGINT FROM usage_monthly WHERE month = $month"
@@ -103,7 +114,7 @@ def test_an_export_is_the_read_models_rows_and_the_same_bytes_again(
 
 
 def test_the_readme_names_every_column_exported(projector: Projector) -> None:
-    text = readme(exports.TABLES, "parquet")
+    text = readme(exports.TABLES)
     with projector.reader() as cur:
         for table in exports.TABLES:
             names = exports.reader(cur, table, MONTH, TOPICS.usage).schema.names
@@ -112,3 +123,26 @@ def test_the_readme_names_every_column_exported(projector: Projector) -> None:
                     table,
                     name,
                 )
+
+
+def test_closing_the_read_model_ends_an_export_nobody_reads(projector: Projector) -> None:
+    """A client that stops reading must not keep the file open: a replace reopens it."""
+    import threading
+
+    from readmodel.store import Closing
+
+    def within(seconds: float, work: Any) -> None:
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        thread.join(seconds)
+        assert not thread.is_alive(), f"{work} still runs after {seconds}s"
+
+    reading = projector.reader()
+    cur = reading.__enter__()
+    with projector.stream(exports.reader(cur, "usage_events", MONTH, TOPICS.usage)) as stream:
+        assert stream.next() is not None  # then the client stalls
+        within(30, projector.close)
+        with pytest.raises(Closing):
+            stream.next()  # broken off, not ended as if complete
+    reading.__exit__(None, None, None)
+    within(30, lambda: Projector(SETTINGS, PLAN, projector.path).close())

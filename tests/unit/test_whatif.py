@@ -25,6 +25,7 @@ from projections.invoicing import close_month
 from projections.memory import MemoryState
 from projections.tenant import ServiceMonth, Snapshot, TenantState
 from readmodel import whatif as readmodel_whatif
+from readmodel.queries import QueryError
 from readmodel.rows import FORWARDED_FROM, Record
 from runtime.settings import Settings
 from schemas.records import MonthClosed
@@ -35,6 +36,7 @@ MONTH, NEXT = "2026-09", "2026-10"
 LOG_MS = int(dt.datetime(2026, 10, 2, tzinfo=dt.UTC).timestamp() * 1000)
 SETTINGS = Settings(kafka_bootstrap="unused:1")
 TOPICS = SETTINGS.topics
+NOW = dt.datetime(2026, 10, 3, tzinfo=dt.UTC)
 
 
 def other_plan(**changes: Any) -> Plan:
@@ -127,7 +129,7 @@ def test_the_preview_is_the_close_and_then_its_adjustments(projector: Projector)
     projector.write(log)
     with projector.reader() as cur:
         rebuilt = readmodel_whatif.tenant_states(cur, PLAN)
-        before = readmodel_whatif.preview(cur, PLAN, dt.datetime(2026, 10, 3, tzinfo=dt.UTC), None)
+        before = readmodel_whatif.preview(cur, PLAN, NOW, None, TOPICS.usage)
     assert {t: (s.usage, s.snapshots) for t, s in rebuilt.items()} == {
         t: (s.usage, s.snapshots) for t, s in state.tenants.items()
     }
@@ -145,7 +147,7 @@ def test_the_preview_is_the_close_and_then_its_adjustments(projector: Projector)
     fold(state, late)
     projector.write(late)
     with projector.reader() as cur:
-        after = readmodel_whatif.preview(cur, PLAN, dt.datetime(2026, 10, 3, tzinfo=dt.UTC), None)
+        after = readmodel_whatif.preview(cur, PLAN, NOW, None, TOPICS.usage)
     assert after["usage_month"] == NEXT  # last month is closed: this month's close is next
     pending = [row for row in after["lines"] if row["pending"]]
     assert [(r["tenant"], r["usage_month"], r["kind"]) for r in pending] == [
@@ -291,3 +293,19 @@ def test_a_plan_that_would_move_months_or_currencies_is_refused() -> None:
     assert whatif.plan_problems(PLAN, late, MONTH) == [
         f"the plan has no version in force for {MONTH}"
     ]
+
+
+def test_a_close_that_has_not_reached_every_partition_is_no_closed_month(
+    projector: Projector,
+) -> None:
+    state = MemoryState()
+    log = usage_records(list(generate_month(MONTH, tenants=2, seed=5)))
+    fold(state, log)
+    other = Record(TOPICS.usage, 1, 0, LOG_MS, b"k",
+                   orjson.dumps(_mailing("elsewhere", f"{MONTH}-03T12:00:00Z", 10)))  # fmt: skip
+    projector.write([*log, other, *close(state, MONTH, "c-1", 0)])  # partition 0's close only
+    with projector.reader() as cur:
+        with pytest.raises(QueryError, match="not taken effect in every partition"):
+            readmodel_whatif.rerate(cur, MONTH, PLAN, PLAN, TOPICS.usage)
+        # the next close is still that month's, not this month's
+        assert readmodel_whatif.preview(cur, PLAN, NOW, None, TOPICS.usage)["usage_month"] == MONTH
