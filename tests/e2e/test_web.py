@@ -99,6 +99,11 @@ def policy_violations(page: Any) -> list[str]:
     return seen
 
 
+def month_label(month: str) -> str:
+    """A month as the English page names it."""
+    return dt.date.fromisoformat(f"{month}-01").strftime("%B %Y")
+
+
 def check_session_cookie(context: Any, key: str) -> None:
     cookies = {c["name"]: c for c in context.cookies()}
     session = cookies["metering_session"]
@@ -161,6 +166,11 @@ def drive(stack: Stack, browser: Any) -> None:
     assert page.locator("h1").inner_text() == "Licences: Acme Holding"
     facts = page.locator("#owner-heading + dl").inner_text()
     assert "SN-4711" in facts and "30 Jun 2027" in facts
+    # The next invoice as it stands: last month is not closed, its 2,500 forms are 2
+    # packages above the 1,000 that 40 users include; nothing billed needs adjusting.
+    assert page.locator("#invoice-heading").inner_text().endswith(month_label(month))
+    assert page.locator("#invoice-total").inner_text() == "€64.80"
+    assert page.locator("#pending-total").inner_text() == "€0.00"
     rows = page.locator("#licence-list tbody tr")
     assert rows.count() == 2
     assert rows.nth(0).inner_text().split("\t") == ["CRM", "User", "38", "2", "40"]
