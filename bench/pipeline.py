@@ -308,6 +308,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         load.usage = unkeyed(load.usage, args.unkeyed)
         env = environment(broker.bootstrap, settings.topic_prefix, settings.app_id, workdir)
         env["METERING_PARTITIONS"] = str(args.partitions)
+        env["METERING_BATCH_SIZE"] = str(args.batch_size)
         components.append(start("projector", env, workdir))
         api_url = components[0].ready["api_url"]
         workers = [start("worker", env, workdir) for _ in range(args.workers)]
@@ -315,7 +316,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         components.extend(workers)
         figures: dict[str, Any] = {
             "tenants": args.tenants, "partitions": args.partitions, "unkeyed": args.unkeyed,
-            "workers": args.workers,
+            "workers": args.workers, "batch_size": args.batch_size,
         }  # fmt: skip
         say(f"end to end ({args.workers} worker{'s' if args.workers > 1 else ''})")
         cpu = {
@@ -401,6 +402,11 @@ def main() -> None:
         "--unkeyed", type=float, default=0.0,
         help="share of usage records sent without a key (0-1): they land on any partition, "
         "and the worker moves those off their tenant's partition (default 0: all keyed)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--batch-size", type=int, default=Settings.model_fields["batch_size"].default,
+        help="METERING_BATCH_SIZE of every worker: most records fetched and folded at once "
+        "(default: the setting's, 5000)",
     )  # fmt: skip
     parser.add_argument(
         "--quick", action="store_true",
