@@ -94,34 +94,32 @@ class Projector:
     @contextlib.contextmanager
     def reader(self) -> Any:
         """A cursor of its own: reads see the last committed batch and never wait for one."""
-        with self._readers_lock:
-            if self._closing:
-                raise Closing("the read model is being closed (replaced or stopping)")
-            cur = self.con.cursor()
-            self._readers.add(cur)
-        try:
+        with self._held(self._readers, self.con.cursor) as cur:
             yield cur
-        finally:
-            with self._readers_lock:
-                self._readers.discard(cur)
-            cur.close()
 
     @contextlib.contextmanager
     def stream(self, batches: pa.RecordBatchReader) -> Iterator[Stream]:
         """`batches` read one at a time while an answer is sent, closed by `close` too: a live
         Arrow reader keeps the file open (a replace could not reopen it) however long the
         client takes."""
-        stream = Stream(batches)
+        with self._held(self._streams, lambda: Stream(batches)) as stream:
+            yield stream
+
+    @contextlib.contextmanager
+    def _held(self, held: set[Any], make: Callable[[], Any]) -> Iterator[Any]:
+        """`make()`, in `held` (where `close` finds it) until it is closed; refused once the
+        file is being closed."""
         with self._readers_lock:
             if self._closing:
                 raise Closing("the read model is being closed (replaced or stopping)")
-            self._streams.add(stream)
+            item = make()
+            held.add(item)
         try:
-            yield stream
+            yield item
         finally:
             with self._readers_lock:
-                self._streams.discard(stream)
-            stream.close()
+                held.discard(item)
+            item.close()
 
     def write(self, records: list[Record]) -> int:
         """Write a batch: its rows and the offsets it reached, in one transaction.
