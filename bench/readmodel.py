@@ -32,7 +32,7 @@ from billing.plan import load_plan
 from metering.broker import start_broker
 from metering.generate import generate_month
 from projections.months import month_of, months_until, next_month, previous_month
-from readmodel import queries
+from readmodel import queries, whatif
 from runtime.settings import Settings
 from streams.kafka import (
     consumer,
@@ -109,6 +109,8 @@ def read_latencies(
         "usage": lambda t: queries.usage(cur, t, month),
         "history": lambda t: queries.usage_history(cur, t, first, month),
         "licences_page": lambda t: page_data(cur, t, first, month, plan, now, usage_topic),
+        # the page's next invoice alone (issue 18): a tenant's state rebuilt and closed
+        "next_invoice": lambda t: whatif.preview(cur, plan, now, None, usage_topic, t),
         "baseline_tenant_scan": lambda t: cur.execute(
             "SELECT count(*) FROM raw_events WHERE subject = ?", [t]
         ).fetchall(),
