@@ -12,13 +12,17 @@ import duckdb
 import pyarrow as pa
 
 from readmodel.queries import plan_zone
-from readmodel.usage_sql import NO_CUTOFF, accepted_events, month_bounds, monthly_usage
+from readmodel.usage_sql import (
+    NO_CUTOFF,
+    accepted_events,
+    month_bounds,
+    monthly_usage,
+    version_in_force,
+)
 
 BATCH_ROWS = 50_000
 
-_VERSION = """(SELECT v.version FROM plan_versions v
-  WHERE v.effective_from <= strptime($month || '-01', '%Y-%m-%d')::DATE
-  ORDER BY v.effective_from DESC LIMIT 1)"""
+_VERSION = version_in_force("$month")
 
 # table -> (what one row is, {column: meaning}); the README of an export is written from it.
 TABLES: dict[str, tuple[str, dict[str, str]]] = {

@@ -50,6 +50,14 @@ def _month_ends(tz: str, month: str) -> str:
     )
 
 
+def version_in_force(month: str) -> str:
+    """The plan version in force on the first day of `month` (an SQL "YYYY-MM"), as
+    `billing.plan.Plan.version_for` picks it."""
+    return f"""(SELECT v.version FROM plan_versions v
+          WHERE v.effective_from <= strptime({month} || '-01', '%Y-%m-%d')::DATE
+          ORDER BY v.effective_from DESC LIMIT 1)"""
+
+
 def month_bounds(cur: duckdb.DuckDBPyConnection, tz: str, month: str) -> dict[str, Any]:
     """The parameters of `monthly_usage(one_month=True)`: the month and its first and last
     instant in `tz`, worked out by DuckDB as the views work out an event's month."""
@@ -190,9 +198,7 @@ WITH upto AS ({upto}), {_counted(of, tenant, tz, one_month)}, sums AS ({_SUMS}
                   ORDER BY s.time DESC, s.users DESC LIMIT 1), 0),
         COALESCE((SELECT max(s.users) FROM snaps s WHERE s.tenant = b.tenant
                   AND s.time > b.starts AND s.time < b.ends), 0)) AS users,
-        (SELECT v.version FROM plan_versions v
-          WHERE v.effective_from <= strptime(b.month || '-01', '%Y-%m-%d')::DATE
-          ORDER BY v.effective_from DESC LIMIT 1) AS plan_version
+        {version_in_force("b.month")} AS plan_version
     FROM bounds b
 ), rated AS (
     SELECT w.*, r.band, r.included, r.package, r.price, r.unit, r.unit_factor, v.currency,
