@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from schemas.services import Catalog, Service, default_catalog, load_catalog
-from schemas.toml_file import Unreadable, read_toml
+from schemas.toml_file import Unreadable, loads_toml, read_toml
 
 DEFAULT_PLAN = Path(__file__).with_name("plan.toml")
 
@@ -212,6 +212,16 @@ def parse_plan(
     if unit_problems:
         raise PlanError(path, unit_problems)
     return plan
+
+
+def loads_plan(text: str, catalog: Catalog, name: Path = Path("plan")) -> Plan:
+    """A plan file's text, sent rather than read (`POST /v1/rerate`), validated as
+    `load_plan` validates a file; raises PlanError naming `name`."""
+    try:
+        data = loads_toml(text)
+    except Unreadable as exc:
+        raise PlanError(name, [str(exc)]) from None
+    return parse_plan(data, name, catalog)
 
 
 def load_plan(path: Path = DEFAULT_PLAN, services: Path | Catalog | None = None) -> Plan:

@@ -17,7 +17,13 @@ def read_toml(path: Path) -> dict[str, Any]:
         raw = path.read_bytes()
     except OSError as exc:
         raise Unreadable(f"cannot read: {exc.strerror}") from None
+    return loads_toml(raw)
+
+
+def loads_toml(raw: bytes | str) -> dict[str, Any]:
+    """A file's text (sent rather than read, e.g. over HTTP) as TOML."""
     try:
-        return tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        return tomllib.loads(text)
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise Unreadable(f"not valid TOML: {exc}") from None

@@ -3,8 +3,6 @@ against another plan, and read-only SQL."""
 
 from __future__ import annotations
 
-import tomllib
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -16,7 +14,7 @@ from api.deps import Caller, Service, fresh
 from api.finance_sql import TIMED_OUT, Busy, FinanceSql, Stopped, Unavailable
 from api.finance_sql import runner as finance_runner
 from api.responses import json_response, month_param
-from billing.plan import PlanError, parse_plan
+from billing.plan import PlanError, loads_plan
 from readmodel import queries, whatif
 
 
@@ -55,11 +53,7 @@ async def rerate(body: RerateRequest, request: Request, service: Service) -> Res
     the month is not closed or the plan cannot rate it."""
     month = month_param(body.month)
     try:
-        data = tomllib.loads(body.plan)
-    except tomllib.TOMLDecodeError as exc:
-        raise HTTPException(422, [f"plan: not valid TOML: {exc}"]) from None
-    try:
-        plan = parse_plan(data, Path("plan"), service.plan.catalog)
+        plan = loads_plan(body.plan, service.plan.catalog)
     except PlanError as exc:
         raise HTTPException(422, exc.problems) from None
     await fresh(request)
